@@ -1,0 +1,136 @@
+"""Parameter and FLOP accounting for MEGABYTE and the byte transformer.
+
+Counts follow the usual model-FLOPs convention (Kaplan et al.; PaLM's MFU): a matmul with an
+`m x n` weight costs `2 m n` FLOPs per row in the forward pass, the backward pass costs twice
+the forward, and attention costs `2 * 2 * L * heads * head_dim` per query position and layer
+(scores and weighted sum over all L keys, with no discount for the causal mask). Embedding
+lookups, norms, activations and the softmax are not counted. Recomputation (remat) is not
+counted either: these are the FLOPs the model needs, the basis of MFU and of equal-compute
+comparisons.
+
+For MEGABYTE the global model runs once per patch, so its per-byte cost is divided by P:
+per byte, forward FLOPs = 2 * (m_global / P + m_local + projections) + attention, the
+paper's `2 T (m_g / P + m_l)` (Section 3) made exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Union
+
+from megabyte_jax.config import MegabyteConfig, TransformerConfig
+from megabyte_jax.layers import StackSpec
+from megabyte_jax.megabyte import global_spec, local_spec
+from megabyte_jax.transformer import stack_spec
+
+ModelConfig = Union[MegabyteConfig, TransformerConfig]
+
+
+@dataclasses.dataclass(frozen=True)
+class CostReport:
+  """Parameters and FLOPs of one model at one sequence length.
+
+  Attributes:
+    params: all parameters (what `model.init` creates).
+    non_embedding_params: params minus byte embeddings, positions and pads.
+    matmul_flops_per_byte: forward FLOPs of all weight matmuls, per byte.
+    attention_flops_per_byte: forward FLOPs of attention scores and mixing, per byte.
+    forward_flops_per_byte: the two above together.
+    train_flops_per_byte: 3x forward (forward + backward), the basis of MFU.
+    seq_len: the sequence length the attention cost was counted at.
+  """
+
+  params: int
+  non_embedding_params: int
+  matmul_flops_per_byte: float
+  attention_flops_per_byte: float
+  seq_len: int
+
+  @property
+  def forward_flops_per_byte(self) -> float:
+    return self.matmul_flops_per_byte + self.attention_flops_per_byte
+
+  @property
+  def train_flops_per_byte(self) -> float:
+    return 3.0 * self.forward_flops_per_byte
+
+  def as_dict(self) -> dict:
+    """All fields and derived figures as a plain dict."""
+    out = dataclasses.asdict(self)
+    out["forward_flops_per_byte"] = self.forward_flops_per_byte
+    out["train_flops_per_byte"] = self.train_flops_per_byte
+    return out
+
+
+def _norm_params(spec: StackSpec) -> int:
+  with_bias = spec.norm == "layernorm" and spec.use_bias
+  return spec.dim * (2 if with_bias else 1)
+
+
+def stack_matmul_params(spec: StackSpec) -> int:
+  """Weights of one `TransformerStack` used in matmuls (no biases, no norms)."""
+  attn = spec.dim * 3 * spec.heads * spec.head_dim + spec.heads * spec.head_dim * spec.dim
+  n_in = 2 if spec.activation == "swiglu" else 1
+  mlp = spec.dim * n_in * spec.mlp_dim + spec.mlp_dim * spec.dim
+  return spec.layers * (attn + mlp)
+
+
+def stack_params(spec: StackSpec) -> int:
+  """All parameters of one `TransformerStack` (blocks and final norm)."""
+  bias = 0
+  if spec.use_bias:
+    n_in = 2 if spec.activation == "swiglu" else 1
+    bias = spec.layers * (3 * spec.heads * spec.head_dim + spec.dim
+                          + n_in * spec.mlp_dim + spec.dim)
+  norms = (2 * spec.layers + 1) * _norm_params(spec)
+  return stack_matmul_params(spec) + bias + norms
+
+
+def _attention_flops_per_position(spec: StackSpec, context: int) -> float:
+  return spec.layers * 2.0 * 2.0 * context * spec.heads * spec.head_dim
+
+
+def _head_params(dim: int, cfg: ModelConfig) -> int:
+  if cfg.tie_embeddings:
+    return 0
+  return dim * 256 + (256 if cfg.use_bias else 0)
+
+
+def megabyte_cost(cfg: MegabyteConfig, seq_len: Optional[int] = None) -> CostReport:
+  """Parameters and per-byte FLOPs of `Megabyte(cfg)` on sequences of `seq_len` bytes."""
+  t = seq_len or cfg.seq_len
+  p, dg, dl = cfg.patch_size, cfg.byte_global_dim, cfg.local_dim
+  gspec, lspec = global_spec(cfg), local_spec(cfg)
+  head = _head_params(dl, cfg)
+  embeddings = 256 * dg + cfg.seq_len * dg + cfg.global_dim + 256 * dl + dl + p * dl
+  non_embedding = stack_params(gspec) + stack_params(lspec) + dg * dl + head
+  matmul = 2.0 * (stack_matmul_params(gspec) / p + dg * dl + stack_matmul_params(lspec)
+                  + dl * 256)
+  attention = (_attention_flops_per_position(gspec, t // p) / p
+               + _attention_flops_per_position(lspec, p))
+  return CostReport(params=embeddings + non_embedding, non_embedding_params=non_embedding,
+                    matmul_flops_per_byte=matmul, attention_flops_per_byte=attention,
+                    seq_len=t)
+
+
+def transformer_cost(cfg: TransformerConfig, seq_len: Optional[int] = None) -> CostReport:
+  """Parameters and per-byte FLOPs of `ByteTransformer(cfg)` on `seq_len`-byte sequences."""
+  t = seq_len or cfg.seq_len
+  spec = stack_spec(cfg)
+  head = _head_params(cfg.dim, cfg)
+  embeddings = 256 * cfg.dim + cfg.dim + cfg.seq_len * cfg.dim
+  non_embedding = stack_params(spec) + head
+  matmul = 2.0 * (stack_matmul_params(spec) + cfg.dim * 256)
+  attention = _attention_flops_per_position(spec, t)
+  return CostReport(params=embeddings + non_embedding, non_embedding_params=non_embedding,
+                    matmul_flops_per_byte=matmul, attention_flops_per_byte=attention,
+                    seq_len=t)
+
+
+def model_cost(cfg: ModelConfig, seq_len: Optional[int] = None) -> CostReport:
+  """`megabyte_cost` or `transformer_cost`, whichever fits `cfg`."""
+  if isinstance(cfg, MegabyteConfig):
+    return megabyte_cost(cfg, seq_len)
+  if isinstance(cfg, TransformerConfig):
+    return transformer_cost(cfg, seq_len)
+  raise TypeError(f"expected MegabyteConfig or TransformerConfig, got {type(cfg).__name__}")
