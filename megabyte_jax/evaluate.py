@@ -1,0 +1,54 @@
+"""Bits per byte of a trained model on local files.
+
+    python -m megabyte_jax.evaluate --workdir=DIR [--files=GLOB] [--step=N]
+
+Loads the configuration written by training and the latest (or `--step`) checkpoint, scores
+every byte of every matching file (each file from an empty context, in windows of the
+model's `seq_len`), and prints one JSON line with `bpb` and `bytes`. Without `--files` it
+scores the validation split of the training data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags, logging
+from megabyte_jax.data import load_byte_data, load_eval_files
+from megabyte_jax.errors import MegabyteError
+from megabyte_jax.scoring import evaluate_windows, make_eval_step
+from megabyte_jax.workdir import load_trained
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training directory (holds config.json).")
+_FILES = flags.DEFINE_string(
+    "files", None, "Directory or glob (** recurses) of files to score; default: the "
+    "validation split of the training data.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Windows per batch; default: config.")
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the way
+  del argv
+  if not _WORKDIR.value:
+    sys.exit("error: --workdir is required (the directory training wrote)")
+  try:
+    config, model, params, step = load_trained(_WORKDIR.value, _STEP.value)
+    seq_len = config.model.seq_len
+    if _FILES.value:
+      windows, files = load_eval_files(_FILES.value, seq_len)
+      source = _FILES.value
+    else:
+      data = load_byte_data(config.data, seq_len)
+      windows, files, source = data.eval, data.eval_files, f"{config.data.files} (validation)"
+    batch = _BATCH.value or config.eval.batch_size
+    result = evaluate_windows(make_eval_step(model), params, windows, batch)
+  except MegabyteError as e:
+    sys.exit(f"error: {e}")
+  print(json.dumps({"bpb": round(result["bpb"], 6), "bytes": result["bytes"], "files": files,
+                    "step": step, "source": source, "seconds": result["seconds"]}))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,112 @@
+"""The experiment configuration: one `ml_collections.ConfigDict` with every setting of a run.
+
+Config files under `experiments/configs/` start from `base_config(...)` and change what they
+need, so every run's config holds every field (a `--config.section.key=value` override can
+reach any of them) and the resolved config written into the work directory is complete:
+
+    config.seed        base seed (parameters, dropout, training batches)
+    config.model       `kind` ("megabyte" or "transformer") and every field of its config class
+    config.data        which bytes to train and validate on (`megabyte_jax.data`)
+    config.train       optimisation, logging, evaluation and checkpoint cadence
+    config.eval        batch size of evaluation
+    config.sample      the continuation printed at the end of training
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from megabyte_jax.config import ConfigError
+from megabyte_jax.models import MODEL_KINDS
+
+
+def _optional_type(hint: Any) -> type:
+  """The inner type of an `Optional[X]` annotation (X itself otherwise)."""
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  return args[0] if args else hint
+
+
+def model_section(kind: str, **fields: Any) -> ml_collections.ConfigDict:
+  """A `config.model` section holding `kind` and every field of that kind's config class.
+
+  Required fields (such as `seq_len`) must be given; the others take the class defaults.
+  Fields whose default is None become typed placeholders, so they can still be set from the
+  command line (`--config.model.init_std=0.006`).
+
+  Raises:
+    ConfigError: for an unknown kind, a missing required field or an unknown field.
+  """
+  if kind not in MODEL_KINDS:
+    raise ConfigError(f"model kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
+  config_cls = MODEL_KINDS[kind][0]
+  section = ml_collections.ConfigDict({"kind": kind})
+  known = set()
+  hints = typing.get_type_hints(config_cls)
+  for field in dataclasses.fields(config_cls):
+    known.add(field.name)
+    if field.name in fields:
+      value = fields[field.name]
+    elif field.default is dataclasses.MISSING:
+      raise ConfigError(f"model kind {kind!r} needs the field {field.name!r}")
+    else:
+      value = field.default
+    if value is None:
+      value = config_dict.placeholder(_optional_type(hints[field.name]))
+    section[field.name] = value
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ConfigError(f"unknown {config_cls.__name__} field(s) {unknown}")
+  return section
+
+
+def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.ConfigDict:
+  """A complete experiment config with defaults everywhere but the model's required fields.
+
+  Defaults train on the Python standard library's sources (`data.files="stdlib"`) with
+  AdamW, linear warmup and cosine decay to 10% of the peak learning rate.
+  """
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = model_section(kind, **model_fields)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "local_files"
+  config.data.files = "stdlib"            # "stdlib", a directory, or a glob (** recurses)
+  config.data.eval_files = config_dict.placeholder(str)  # separate validation glob, optional
+  config.data.eval_fraction = 0.05        # share of files (by path hash) held out
+  config.data.split_seed = 0
+  config.data.separator = 0               # byte after each training document
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 1000
+  config.train.batch_size = 16
+  config.train.learning_rate = 1e-3       # peak
+  config.train.warmup_steps = 100
+  config.train.min_lr_ratio = 0.1         # final learning rate / peak
+  config.train.weight_decay = 0.1         # decoupled; matrices only
+  config.train.b1 = 0.9
+  config.train.b2 = 0.95
+  config.train.eps = 1e-8
+  config.train.grad_clip = 1.0            # global norm; 0 disables
+  config.train.log_every = 10
+  config.train.eval_every = 200           # quick eval on `eval_batches` batches; 0 disables
+  config.train.eval_batches = 8
+  config.train.checkpoint_every = 200
+  config.train.keep_checkpoints = 3
+  config.train.final_eval = True          # score the whole validation split at the end
+  config.train.tensorboard = True
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 16
+
+  config.sample = ml_collections.ConfigDict()
+  config.sample.prompt = "import "
+  config.sample.num_bytes = 256           # 0 disables the sample at the end of training
+  config.sample.temperature = 0.8
+  config.sample.top_k = config_dict.placeholder(int)
+  return config

@@ -1,0 +1,258 @@
+"""Trains a MEGABYTE model (or the byte-transformer baseline).
+
+    python -m megabyte_jax.train --config=experiments/configs/default.py --workdir=runs/default
+    python -m megabyte_jax.train --config=experiments/configs/default.py --workdir=DIR \\
+        --config.train.steps=100 --config.model.global_layers=2
+    python -m megabyte_jax.train --workdir=DIR        # resume with the saved config
+
+The resolved config goes to `DIR/config.json`, checkpoints to `DIR/checkpoints` (resumed
+automatically), metrics to `DIR/metrics.jsonl` and TensorBoard files to `DIR/tb`. At the end
+it prints the final validation bits per byte and a sampled continuation. Ctrl-C saves a
+checkpoint before stopping, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Callable, Optional
+
+from absl import app, flags, logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from megabyte_jax import checkpoint as checkpoint_lib
+from megabyte_jax import data as data_lib
+from megabyte_jax import scoring as evaluate_lib
+from megabyte_jax import metrics as metrics_lib
+from megabyte_jax import sampling
+from megabyte_jax import train_state as state_lib
+from megabyte_jax import workdir as workdir_lib
+from megabyte_jax.errors import ConfigError, MegabyteError
+from megabyte_jax.losses import LN2, byte_nll
+from megabyte_jax.models import build_model
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (experiments/configs/NAME.py); optional when "
+    "--workdir already holds a run.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, metrics.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
+                    dropout: bool, schedule: Optional[optax.Schedule] = None) -> Callable:
+  """Returns a jitted `(state, tokens) -> (state, metrics)` that donates `state`.
+
+  `tokens` is int32 `[batch, T]`; the loss is the mean next-byte cross-entropy. Dropout keys
+  derive from `(seed, step)`, so a resumed run draws the same masks. Metrics: `loss` (nats
+  per byte), `grad_norm` and, given the learning-rate `schedule`, `lr` of this update.
+  """
+
+  def loss_fn(params, tokens, rng):
+    rngs = {"dropout": rng} if dropout else None
+    logits = model.apply({"params": params}, tokens, deterministic=not dropout, rngs=rngs)
+    return byte_nll(logits, tokens).mean()
+
+  def train_step(state: state_lib.TrainState, tokens: jax.Array):
+    rng = jax.random.fold_in(jax.random.key(seed + 1), state.step)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens, rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads)}
+    if schedule is not None:
+      metrics["lr"] = schedule(state.step)
+    return new_state, metrics
+
+  return jax.jit(train_step, donate_argnums=(0,))
+
+
+def _check_train_config(config: ml_collections.ConfigDict) -> None:
+  t = config.train
+  for name in ("steps", "batch_size", "log_every", "keep_checkpoints", "checkpoint_every"):
+    if int(t[name]) <= 0:
+      raise ConfigError(f"train.{name} must be positive, got {t[name]}")
+  for name in ("eval_every", "eval_batches"):
+    if int(t[name]) < 0:
+      raise ConfigError(f"train.{name} must be >= 0 (0 disables), got {t[name]}")
+  if int(config.eval.batch_size) <= 0:
+    raise ConfigError(f"eval.batch_size must be positive, got {config.eval.batch_size}")
+
+
+class _Progress:
+  """A tqdm bar (or nothing) showing step, bytes/s and train bpb."""
+
+  def __init__(self, enabled: bool, start: int, total: int):
+    self._bar = None
+    if enabled:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                       file=sys.stderr)
+
+  def update(self, n: int, **postfix: Any) -> None:
+    if self._bar is not None:
+      self._bar.update(n)
+      if postfix:
+        self._bar.set_postfix(postfix, refresh=False)
+
+  def write(self, line: str) -> None:
+    if self._bar is not None:
+      self._bar.write(line)
+    else:
+      print(line, flush=True)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       progress: bool = False) -> dict:
+  """Runs (or resumes) training in `workdir`; returns the final metrics.
+
+  Returns a dict with `step`, `eval_bpb` and `eval_bytes` (when `train.final_eval`) and
+  `sample` (the generated continuation as text, when `sample.num_bytes > 0`).
+  """
+  config = workdir_lib.resolve_config(workdir, config)
+  _check_train_config(config)
+  model, model_cfg = build_model(config.model)
+  data = data_lib.load_byte_data(config.data, model_cfg.seq_len)
+  workdir_lib.save_config(workdir, config)
+
+  t = config.train
+  optimizer = state_lib.make_optimizer(t)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, save_every=1, keep=t.keep_checkpoints)
+  start = checkpointer.latest_step()
+  if start is None:
+    state = state_lib.create_train_state(model, model_cfg.seq_len, optimizer,
+                                         jax.random.key(config.seed))
+    start = 0
+  else:
+    state = checkpointer.restore(
+        state_lib.abstract_train_state(model, model_cfg.seq_len, optimizer), start)
+  num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
+  dropout = model_cfg.dropout > 0 or model_cfg.embed_dropout > 0
+  train_step = make_train_step(model, optimizer, config.seed, dropout,
+                               state_lib.learning_rate_schedule(t))
+  eval_step = evaluate_lib.make_eval_step(model)
+  writer = metrics_lib.MetricWriter(workdir, tensorboard=t.tensorboard)
+  bar = _Progress(progress, start, t.steps)
+  bar.write(f"{type(model).__name__}: {num_params / 1e6:.2f}M parameters; data: "
+            f"{len(data.train):,} training bytes from {data.train_files} files, "
+            f"{data.eval.num_bytes:,} validation bytes from {data.eval_files} files; "
+            + (f"resuming at step {start}" if start else "starting at step 0")
+            + f" of {t.steps}; workdir {workdir}")
+
+  def quick_eval(step: int) -> None:
+    result = evaluate_lib.evaluate_windows(eval_step, state.params, data.eval,
+                                           config.eval.batch_size,
+                                           limit=t.eval_batches * config.eval.batch_size)
+    writer.write(step, {"eval_bpb": result["bpb"], "eval_bytes": result["bytes"]})
+    bar.write(f"step {step}: eval_bpb {result['bpb']:.4f} ({result['bytes']:,} bytes)")
+
+  step = start
+  window_loss, window_norm, window_steps, lr = [], [], 0, None
+  window_start = time.perf_counter()
+  try:
+    while step < t.steps:
+      tokens = data_lib.random_windows(data.train, t.batch_size, model_cfg.seq_len,
+                                       config.seed, step)
+      state, step_metrics = train_step(state, jnp.asarray(tokens))
+      step += 1
+      window_loss.append(step_metrics["loss"])
+      window_norm.append(step_metrics["grad_norm"])
+      lr = step_metrics["lr"]
+      window_steps += 1
+      if step == start + 1:  # the first step compiles: time it apart from throughput
+        jax.block_until_ready(step_metrics["loss"])
+        compile_seconds = time.perf_counter() - window_start
+        bar.write(f"first step (compilation included): {compile_seconds:.1f} s")
+        timed_steps, window_start = 0, time.perf_counter()
+      else:
+        timed_steps += 1
+      if step % t.log_every == 0 or step == t.steps:
+        loss = float(np.mean(jax.device_get(window_loss)))
+        if not math.isfinite(loss):
+          raise FloatingPointError(f"training loss became {loss} at step {step}; the last "
+                                   f"checkpoint is step {checkpointer.latest_step()}")
+        record = {"train_bpb": loss / LN2,
+                  "grad_norm": float(np.mean(jax.device_get(window_norm))),
+                  "lr": float(lr)}
+        postfix = {"bpb": f"{loss / LN2:.3f}"}
+        if timed_steps:
+          elapsed = time.perf_counter() - window_start
+          record["bytes_per_s"] = (timed_steps * t.batch_size * model_cfg.seq_len
+                                   / max(elapsed, 1e-9))
+          postfix["bytes/s"] = f"{record['bytes_per_s']:,.0f}"
+        writer.write(step, record)
+        bar.update(window_steps, **postfix)
+        window_loss, window_norm, window_steps, timed_steps = [], [], 0, 0
+        window_start = time.perf_counter()
+      if step % t.checkpoint_every == 0:
+        checkpointer.save(step, state)
+      if t.eval_every and t.eval_batches and step % t.eval_every == 0 and step < t.steps:
+        quick_eval(step)
+      if step % t.checkpoint_every == 0 or step % max(t.eval_every, 1) == 0:
+        window_start = time.perf_counter()  # keep saving and evaluating out of bytes/s
+  except KeyboardInterrupt:
+    bar.close()
+    checkpointer.save(step, state, force=True)
+    checkpointer.close()
+    writer.close()
+    print(f"interrupted: saved step {step} to {checkpointer.directory}; run again to resume",
+          file=sys.stderr)
+    raise
+  bar.close()
+  if checkpointer.latest_step() != step:
+    checkpointer.save(step, state, force=True)
+  checkpointer.close()
+
+  final: dict[str, Any] = {"step": step, "params": num_params}
+  if t.final_eval:
+    result = evaluate_lib.evaluate_windows(eval_step, state.params, data.eval,
+                                           config.eval.batch_size)
+    writer.write(step, {"eval_bpb": result["bpb"], "eval_bytes": result["bytes"],
+                        "final": True})
+    final.update(eval_bpb=result["bpb"], eval_bytes=result["bytes"])
+    print(f"final eval: {result['bpb']:.4f} bits/byte over {result['bytes']:,} validation "
+          f"bytes (step {step}, {result['seconds']:.0f} s)", flush=True)
+  writer.close()
+  if config.sample.num_bytes > 0:
+    prompt = np.frombuffer(config.sample.prompt.encode("utf-8"), np.uint8)
+    text = sampling.sample_uncached(
+        model, {"params": state.params}, prompt, config.sample.num_bytes,
+        jax.random.key(config.seed + 2), config.sample.temperature, config.sample.top_k)
+    final["sample"] = bytes(text).decode("utf-8", errors="replace")
+    print("sample:\n" + final["sample"], flush=True)
+  return final
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the way
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  if not _WORKDIR.value:
+    sys.exit("error: --workdir is required")
+  config = _CONFIG.value
+  if config is not None and not isinstance(config, ml_collections.ConfigDict):
+    try:  # config_flags hands back a stand-in that raises the load error when touched
+      config.keys()
+    except Exception as e:  # pylint: disable=broad-except
+      sys.exit(f"error: cannot load the --config file: {' '.join(str(e).split())}")
+  try:
+    train_and_evaluate(config, _WORKDIR.value, progress=_PROGRESS.value)
+  except MegabyteError as e:
+    sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    sys.exit(130)
+
+
+if __name__ == "__main__":
+  app.run(main)

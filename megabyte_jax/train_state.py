@@ -1,0 +1,88 @@
+"""The training state (step, parameters, optimizer state) and the optimizer that updates it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from megabyte_jax.errors import ConfigError
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes; a pytree, so it jits and checkpoints.
+
+  Attributes:
+    step: int32 scalar, the number of updates applied.
+    params: the model parameters (plain arrays; logical axis names are recovered from the
+      model with `nn.get_partition_spec` when sharding needs them).
+    opt_state: the optax state of `make_optimizer(...)`.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def learning_rate_schedule(train_cfg) -> optax.Schedule:
+  """Linear warmup from 0 to `learning_rate`, cosine decay to `min_lr_ratio` of it at `steps`."""
+  steps, warmup = int(train_cfg.steps), int(train_cfg.warmup_steps)
+  if steps <= 0:
+    raise ConfigError(f"train.steps must be positive, got {steps}")
+  if not 0 <= warmup <= steps:
+    raise ConfigError(f"train.warmup_steps must be in 0..train.steps ({steps}), got {warmup}")
+  if train_cfg.learning_rate <= 0:
+    raise ConfigError(f"train.learning_rate must be positive, got {train_cfg.learning_rate}")
+  if not 0 <= train_cfg.min_lr_ratio <= 1:
+    raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {train_cfg.min_lr_ratio}")
+  peak = float(train_cfg.learning_rate)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=max(steps, 1),
+      end_value=peak * float(train_cfg.min_lr_ratio))
+
+
+def decay_mask(params: Any) -> Any:
+  """True for the parameters weight decay applies to: matrices, not vectors (biases, norms,
+  pads)."""
+  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+  """AdamW (decoupled weight decay on matrices) with global-norm clipping and the schedule."""
+  if train_cfg.grad_clip < 0:
+    raise ConfigError(f"train.grad_clip must be >= 0 (0 disables), got {train_cfg.grad_clip}")
+  adamw = optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
+                      eps=train_cfg.eps, weight_decay=train_cfg.weight_decay, mask=decay_mask)
+  if train_cfg.grad_clip:
+    return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adamw)
+  return adamw
+
+
+def init_params(model: nn.Module, seq_len: int, rng: jax.Array) -> Any:
+  """Initializes `model` on a `[1, seq_len]` dummy batch; returns plain (unboxed) params."""
+  variables = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))
+  return nn.meta.unbox(variables["params"])
+
+
+def create_train_state(model: nn.Module, seq_len: int, optimizer: optax.GradientTransformation,
+                       rng: jax.Array) -> TrainState:
+  """A fresh `TrainState` at step 0 (built in one jitted computation)."""
+
+  def create(rng):
+    params = init_params(model, seq_len, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params))
+
+  return jax.jit(create)(rng)
+
+
+def abstract_train_state(model: nn.Module, seq_len: int,
+                         optimizer: optax.GradientTransformation) -> TrainState:
+  """The shapes and dtypes of `create_train_state(...)`, without allocating it (for restore)."""
+  return jax.eval_shape(
+      lambda rng: create_train_state(model, seq_len, optimizer, rng), jax.random.key(0))
