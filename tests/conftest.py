@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny model configs and a small corpus of real files."""
+
+import os
+import shutil
+import sysconfig
+
+import jax
+import pytest
+
+from megabyte_jax import MegabyteConfig, TransformerConfig
+
+# Exact float32 matmuls on every backend (GPUs default to TF32), so that numerical
+# comparisons between two ways of computing the same logits hold everywhere.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def megabyte_cfg():
+  """A tiny MEGABYTE: T=32, P=4 (8 patches)."""
+  return MegabyteConfig(seq_len=32, patch_size=4, global_dim=32, global_layers=2,
+                        global_heads=2, local_dim=16, local_layers=2, local_heads=2)
+
+
+@pytest.fixture
+def transformer_cfg():
+  """A tiny byte transformer: T=32."""
+  return TransformerConfig(seq_len=32, dim=32, layers=2, heads=2)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+  """A directory of 12 real source files (the stdlib's `json` and `email` packages)."""
+  root = tmp_path / "corpus"
+  stdlib = sysconfig.get_paths()["stdlib"]
+  for package in ("json", "email"):
+    src = os.path.join(stdlib, package)
+    for name in sorted(os.listdir(src))[:6]:
+      if name.endswith(".py"):
+        os.makedirs(root / package, exist_ok=True)
+        shutil.copy(os.path.join(src, name), root / package / name)
+  return str(root)

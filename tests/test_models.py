@@ -1,0 +1,178 @@
+"""Shapes, dtypes, causality and input checks of both models."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from megabyte_jax import (ByteTransformer, InputError, Megabyte, MegabyteConfig,
+                          TransformerConfig)
+from megabyte_jax.flops import model_cost
+
+
+def _tokens(batch, length, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (batch, length)), jnp.int32)
+
+
+def _build(kind, megabyte_cfg, transformer_cfg):
+  return Megabyte(megabyte_cfg) if kind == "megabyte" else ByteTransformer(transformer_cfg)
+
+
+def test_public_api_example():
+  """The snippet from the README runs as written."""
+  cfg = MegabyteConfig(seq_len=64, patch_size=8, global_dim=64, global_layers=2,
+                       global_heads=4, local_dim=32, local_layers=2, local_heads=2)
+  model = Megabyte(cfg)
+  tokens = _tokens(2, 64)
+  variables = model.init(jax.random.key(0), tokens)
+  logits = model.apply(variables, tokens)
+  assert logits.shape == (2, 64, 256)
+  assert logits.dtype == jnp.float32
+  assert np.all(np.isfinite(np.asarray(logits)))
+
+
+@pytest.mark.parametrize("kind", ["megabyte", "transformer"])
+# Patch size 4: t=0 starts a patch, 5 and 6 are inside one, 11 ends one, 31 is the last byte.
+@pytest.mark.parametrize("t", [0, 5, 6, 11, 16, 31])
+def test_causality(kind, t, megabyte_cfg, transformer_cfg):
+  """Changing byte t moves no logit at positions <= t, and does move a later one."""
+  model = _build(kind, megabyte_cfg, transformer_cfg)
+  tokens = _tokens(2, 32)
+  variables = model.init(jax.random.key(1), tokens)
+  changed = tokens.at[:, t].set((tokens[:, t] + 1) % 256)
+  before = np.asarray(model.apply(variables, tokens))
+  after = np.asarray(model.apply(variables, changed))
+  np.testing.assert_array_equal(before[:, :t + 1], after[:, :t + 1])
+  if t + 1 < tokens.shape[1]:
+    assert np.abs(before[:, t + 1:] - after[:, t + 1:]).max() > 1e-6
+
+
+@pytest.mark.parametrize("kind", ["megabyte", "transformer"])
+def test_shorter_input_is_a_prefix(kind, megabyte_cfg, transformer_cfg):
+  """T may be any multiple of the patch up to seq_len; a prefix gives the same logits."""
+  model = _build(kind, megabyte_cfg, transformer_cfg)
+  tokens = _tokens(1, 32)
+  variables = model.init(jax.random.key(2), tokens)
+  full = np.asarray(model.apply(variables, tokens))
+  short = np.asarray(model.apply(variables, tokens[:, :12]))
+  np.testing.assert_allclose(short, full[:, :12], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["megabyte", "transformer"])
+def test_bfloat16_compute_keeps_float32_params_and_logits(kind, megabyte_cfg,
+                                                          transformer_cfg):
+  cfgs = {"megabyte": megabyte_cfg, "transformer": transformer_cfg}
+  cfg = cfgs[kind].replace(dtype="bfloat16")
+  model = Megabyte(cfg) if kind == "megabyte" else ByteTransformer(cfg)
+  tokens = _tokens(2, 32)
+  variables = model.init(jax.random.key(0), tokens)
+  dtypes = {p.dtype for p in jax.tree_util.tree_leaves(nn.meta.unbox(variables))}
+  assert dtypes == {jnp.dtype(jnp.float32)}
+  logits = model.apply(variables, tokens)
+  assert logits.dtype == jnp.float32
+  reference = Megabyte(cfgs[kind]) if kind == "megabyte" else ByteTransformer(cfgs[kind])
+  exact = reference.apply(variables, tokens)
+  # bf16 compute is close to, but not the same as, float32 compute.
+  assert 0 < float(jnp.abs(logits - exact).max()) < 0.5
+
+
+def test_param_dtype_bfloat16(megabyte_cfg):
+  model = Megabyte(megabyte_cfg.replace(param_dtype="bfloat16", dtype="bfloat16"))
+  variables = model.init(jax.random.key(0), _tokens(1, 32))
+  dtypes = {p.dtype for p in jax.tree_util.tree_leaves(nn.meta.unbox(variables))}
+  assert dtypes == {jnp.dtype(jnp.bfloat16)}
+
+
+@pytest.mark.parametrize("changes", [
+    {"activation": "swiglu"}, {"activation": "relu", "norm": "rmsnorm"},
+    {"tie_embeddings": True, "use_bias": False}, {"init_std": 0.006},
+    {"global_head_dim": 8, "local_head_dim": 4}, {"dropout": 0.1, "embed_dropout": 0.1}])
+def test_variants_run_and_param_count_matches_flops(changes, megabyte_cfg):
+  cfg = megabyte_cfg.replace(**changes)
+  model = Megabyte(cfg)
+  tokens = _tokens(2, 32)
+  variables = model.init(jax.random.key(0), tokens)
+  logits = model.apply(variables, tokens)
+  assert logits.shape == (2, 32, 256)
+  count = sum(p.size for p in jax.tree_util.tree_leaves(nn.meta.unbox(variables)))
+  assert model_cost(cfg).params == count
+
+
+def test_transformer_param_count_matches_flops(transformer_cfg):
+  model = ByteTransformer(transformer_cfg)
+  variables = model.init(jax.random.key(0), _tokens(1, 32))
+  count = sum(p.size for p in jax.tree_util.tree_leaves(nn.meta.unbox(variables)))
+  assert model_cost(transformer_cfg).params == count
+
+
+def test_dropout_only_when_not_deterministic(megabyte_cfg):
+  model = Megabyte(megabyte_cfg.replace(dropout=0.5))
+  tokens = _tokens(2, 32)
+  variables = model.init(jax.random.key(0), tokens)
+  a = model.apply(variables, tokens)
+  b = model.apply(variables, tokens)
+  np.testing.assert_array_equal(a, b)  # deterministic by default
+  c = model.apply(variables, tokens, deterministic=False, rngs={"dropout": jax.random.key(3)})
+  assert float(jnp.abs(a - c).max()) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["megabyte", "transformer"])
+def test_every_parameter_has_logical_axis_names(kind, megabyte_cfg, transformer_cfg):
+  model = _build(kind, megabyte_cfg, transformer_cfg)
+  variables = model.init(jax.random.key(0), _tokens(1, 32))
+  leaves = jax.tree_util.tree_leaves(
+      variables["params"], is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert leaves
+  for leaf in leaves:
+    assert isinstance(leaf, nn.LogicallyPartitioned), leaf
+    assert len(leaf.names) == leaf.value.ndim
+  specs = nn.get_partition_spec(variables)
+  assert specs  # the names can be turned into PartitionSpecs by sharding code
+
+
+def test_megabyte_parameter_structure(megabyte_cfg):
+  """The parameters are the paper's: global/local embeddings, pads, both stacks, head."""
+  variables = Megabyte(megabyte_cfg).init(jax.random.key(0), _tokens(1, 32))
+  params = nn.meta.unbox(variables["params"])
+  assert params["global_embed"]["embedding"].shape == (256, 8)     # D_G = 32 / 4
+  assert params["global_pos"].shape == (32, 8)
+  assert params["global_pad"].shape == (32,)                       # one P*D_G patch
+  assert params["global_to_local"].shape == (8, 16)                # D_G -> D_L
+  assert params["local_embed"]["embedding"].shape == (256, 16)
+  assert params["local_pad"].shape == (16,)
+  assert set(params["global_model"]) == {"block_0", "block_1", "final_norm"}
+  assert set(params["local_model"]) == {"block_0", "block_1", "final_norm"}
+  assert params["head"]["kernel"].shape == (16, 256)
+
+
+@pytest.mark.parametrize("tokens, message", [
+    (np.zeros((2, 30), np.int32), "not a multiple of the patch size 4"),
+    (np.zeros((2, 40), np.int32), "exceeds the model's seq_len 32"),
+    (np.full((2, 32), 256, np.int32), "0..255"),
+    (np.full((2, 32), -1, np.int32), "0..255"),
+    (np.zeros((2, 32), np.float32), "integer byte ids"),
+    (np.zeros((32,), np.int32), "[batch, length]"),
+])
+def test_bad_input_is_refused_with_a_clear_message(tokens, message, megabyte_cfg):
+  model = Megabyte(megabyte_cfg)
+  variables = model.init(jax.random.key(0), _tokens(1, 32))
+  with pytest.raises(InputError) as err:
+    model.apply(variables, tokens)
+  assert message in str(err.value)
+
+
+def test_transformer_rejects_out_of_range_bytes(transformer_cfg):
+  model = ByteTransformer(transformer_cfg)
+  variables = model.init(jax.random.key(0), _tokens(1, 32))
+  with pytest.raises(InputError, match="0..255"):
+    model.apply(variables, np.full((1, 8), 300, np.int32))
+
+
+def test_jit_apply_matches_eager(megabyte_cfg):
+  model = Megabyte(megabyte_cfg)
+  tokens = _tokens(2, 32)
+  variables = model.init(jax.random.key(0), tokens)
+  eager = model.apply(variables, tokens)
+  jitted = jax.jit(model.apply)(variables, tokens)
+  np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,146 @@
+"""Training: the step learns, checkpoints round-trip, runs resume exactly."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from megabyte_jax import ByteTransformer, CheckpointError, Megabyte
+from megabyte_jax.checkpoint import Checkpointer
+from megabyte_jax.experiment import base_config
+from megabyte_jax.metrics import read_metrics
+from megabyte_jax.train import make_train_step, train_and_evaluate
+from megabyte_jax.train_state import (abstract_train_state, create_train_state, decay_mask,
+                                      learning_rate_schedule, make_optimizer)
+from megabyte_jax.workdir import load_trained
+
+
+def _config(corpus, kind="megabyte", steps=12):
+  if kind == "megabyte":
+    config = base_config("megabyte", seq_len=32, patch_size=4, global_dim=32, global_layers=1,
+                         global_heads=2, local_dim=16, local_layers=1, local_heads=2)
+  else:
+    config = base_config("transformer", seq_len=32, dim=32, layers=1, heads=2)
+  config.data.files = corpus
+  config.data.eval_fraction = 0.3
+  t = config.train
+  t.steps, t.batch_size, t.warmup_steps, t.log_every = steps, 4, 2, 3
+  t.eval_every, t.eval_batches, t.checkpoint_every, t.tensorboard = 6, 1, 6, False
+  config.eval.batch_size = 16
+  config.sample.num_bytes = 8
+  return config
+
+
+@pytest.mark.parametrize("kind", ["megabyte", "transformer"])
+def test_tiny_model_overfits_a_fixed_sequence(kind, megabyte_cfg, transformer_cfg):
+  model = Megabyte(megabyte_cfg) if kind == "megabyte" else ByteTransformer(transformer_cfg)
+  config = base_config("transformer", seq_len=32, dim=8, layers=1, heads=1)
+  config.train.update(steps=150, warmup_steps=10, learning_rate=1e-2, weight_decay=0.0)
+  optimizer = make_optimizer(config.train)
+  state = create_train_state(model, 32, optimizer, jax.random.key(0))
+  step = make_train_step(model, optimizer, seed=0, dropout=False)
+  text = b"def f(x):\n    return x * 2 + 10\n"  # 32 bytes
+  tokens = jnp.asarray(np.frombuffer(text, np.uint8)[None, :32].astype(np.int32).repeat(2, 0))
+  first = None
+  for _ in range(150):
+    state, metrics = step(state, tokens)
+    first = float(metrics["loss"]) if first is None else first
+  assert first > 4.0                     # starts near uniform (ln 256 = 5.5 nats)
+  assert float(metrics["loss"]) < 0.3    # and memorises the sequence
+  assert int(state.step) == 150
+
+
+def test_schedule_and_decay_mask():
+  config = base_config("transformer", seq_len=32, dim=8, layers=1, heads=1)
+  config.train.update(steps=100, warmup_steps=10, learning_rate=1.0, min_lr_ratio=0.1)
+  schedule = learning_rate_schedule(config.train)
+  assert float(schedule(0)) == 0.0
+  assert abs(float(schedule(10)) - 1.0) < 1e-6
+  assert abs(float(schedule(100)) - 0.1) < 1e-6
+  mask = decay_mask({"w": jnp.zeros((2, 3)), "b": jnp.zeros((3,))})
+  assert mask == {"w": True, "b": False}
+
+
+def test_checkpoint_round_trip(tmp_path, megabyte_cfg):
+  model = Megabyte(megabyte_cfg)
+  config = base_config("transformer", seq_len=32, dim=8, layers=1, heads=1)
+  optimizer = make_optimizer(config.train)
+  state = create_train_state(model, 32, optimizer, jax.random.key(0))
+  checkpointer = Checkpointer(str(tmp_path), save_every=1, keep=2)
+  for step in (1, 2, 3):
+    checkpointer.save(step, state.replace(step=jnp.asarray(step, jnp.int32)))
+  checkpointer.wait()
+  assert checkpointer.all_steps() == [2, 3]          # keeps the last 2
+  restored = checkpointer.restore(abstract_train_state(model, 32, optimizer))
+  checkpointer.close()
+  assert int(restored.step) == 3
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored.params, state.params)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored.opt_state, state.opt_state)
+
+
+def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path, megabyte_cfg):
+  model = Megabyte(megabyte_cfg)
+  config = base_config("transformer", seq_len=32, dim=8, layers=1, heads=1)
+  optimizer = make_optimizer(config.train)
+  abstract = abstract_train_state(model, 32, optimizer)
+  checkpointer = Checkpointer(str(tmp_path), save_every=1, keep=2)
+  with pytest.raises(CheckpointError, match="no checkpoint found"):
+    checkpointer.restore(abstract)
+  checkpointer.save(5, create_train_state(model, 32, optimizer, jax.random.key(0)))
+  checkpointer.close()
+  with pytest.raises(CheckpointError, match="no checkpoint for step 7"):
+    Checkpointer(str(tmp_path)).restore(abstract, step=7)
+  state_dir = tmp_path / "checkpoints" / "5" / "state"
+  for root, _, files in os.walk(state_dir):   # corrupt every data file of the checkpoint
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(CheckpointError, match="cannot restore the checkpoint of step 5"):
+    Checkpointer(str(tmp_path)).restore(abstract)
+
+
+@pytest.mark.parametrize("kind", ["megabyte", "transformer"])
+def test_training_run_writes_metrics_checkpoints_and_sample(kind, corpus, tmp_path):
+  workdir = str(tmp_path / "run")
+  final = train_and_evaluate(_config(corpus, kind), workdir)
+  assert final["step"] == 12 and final["eval_bytes"] > 0
+  assert 0 < final["eval_bpb"] < 9.0
+  assert isinstance(final["sample"], str) and final["sample"].startswith("import ")
+  records = read_metrics(workdir)
+  train = [r for r in records if "train_bpb" in r]
+  evals = [r for r in records if "eval_bpb" in r]
+  assert [r["step"] for r in train] == [3, 6, 9, 12]
+  assert [r["step"] for r in evals] == [6, 12] and evals[-1]["final"]
+  assert train[-1]["train_bpb"] < train[0]["train_bpb"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6"]
+  config, model, params, step = load_trained(workdir)
+  assert step == 12 and config.model.kind == kind
+  assert type(model).__name__ == ("Megabyte" if kind == "megabyte" else "ByteTransformer")
+
+
+def test_resume_continues_exactly(corpus, tmp_path):
+  """Stopping at step 6 and resuming gives the same model as an uninterrupted run."""
+  straight = str(tmp_path / "straight")
+  train_and_evaluate(_config(corpus, steps=12), straight)
+  resumed = str(tmp_path / "resumed")
+  # Emulate a run killed after its step-6 checkpoint: train 12 steps, drop later checkpoints.
+  train_and_evaluate(_config(corpus, steps=12), resumed)
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "12"))
+  final = train_and_evaluate(None, resumed)         # resumes from the saved config and step 6
+  assert final["step"] == 12
+  _, _, params_a, _ = load_trained(straight)
+  _, _, params_b, _ = load_trained(resumed)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+                         params_a, params_b)
+  steps = [r["step"] for r in read_metrics(resumed) if "train_bpb" in r]
+  assert steps == [3, 6, 9, 12, 9, 12]   # the resumed run appended steps 7..12 again
+
+
+def test_finished_run_can_be_extended(corpus, tmp_path):
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(_config(corpus, steps=6), workdir)
+  final = train_and_evaluate(_config(corpus, steps=9), workdir)
+  assert final["step"] == 9
