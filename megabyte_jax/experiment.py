@@ -81,6 +81,8 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.data.eval_fraction = 0.05        # share of files (by path hash) held out
   config.data.split_seed = 0
   config.data.separator = 0               # byte after each training document
+  config.data.read_threads = 4            # threads reading documents ahead of packing
+  config.data.prefetch = 4                # batches prepared ahead (0: none)
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000

@@ -49,12 +49,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
                     dropout: bool, schedule: Optional[optax.Schedule] = None) -> Callable:
   """Returns a jitted `(state, tokens) -> (state, metrics)` that donates `state`.
 
-  `tokens` is int32 `[batch, T]`; the loss is the mean next-byte cross-entropy. Dropout keys
+  `tokens` is `[batch, T]` byte ids (uint8 or int32); the loss is the mean next-byte cross-entropy. Dropout keys
   derive from `(seed, step)`, so a resumed run draws the same masks. Metrics: `loss` (nats
   per byte), `grad_norm` and, given the learning-rate `schedule`, `lr` of this update.
   """
 
   def loss_fn(params, tokens, rng):
+    tokens = tokens.astype(jnp.int32)   # batches arrive as uint8 bytes
     rngs = {"dropout": rng} if dropout else None
     logits = model.apply({"params": params}, tokens, deterministic=not dropout, rngs=rngs)
     return byte_nll(logits, tokens).mean()
@@ -126,6 +127,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir_lib.save_config(workdir, config)
 
   t = config.train
+  if t.batch_size % jax.process_count():
+    raise ConfigError(f"train.batch_size={t.batch_size} must be a multiple of the number of "
+                      f"hosts ({jax.process_count()})")
+  dataset = data_lib.training_batches(
+      data.train, model_cfg.seq_len, t.batch_size // jax.process_count(), seed=config.seed,
+      separator=config.data.separator, process_index=jax.process_index(),
+      process_count=jax.process_count(), read_threads=config.data.read_threads,
+      prefetch=config.data.prefetch)
+  train_iter = iter(dataset)
   optimizer = state_lib.make_optimizer(t)
   checkpointer = checkpoint_lib.Checkpointer(workdir, save_every=1, keep=t.keep_checkpoints)
   start = checkpointer.latest_step()
@@ -135,7 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     start = 0
   else:
     state = checkpointer.restore(
-        state_lib.abstract_train_state(model, model_cfg.seq_len, optimizer), start)
+        state_lib.abstract_train_state(model, model_cfg.seq_len, optimizer), start,
+        data_iterator=train_iter)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
   dropout = model_cfg.dropout > 0 or model_cfg.embed_dropout > 0
   train_step = make_train_step(model, optimizer, config.seed, dropout,
@@ -143,9 +154,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_step = evaluate_lib.make_eval_step(model)
   writer = metrics_lib.MetricWriter(workdir, tensorboard=t.tensorboard)
   bar = _Progress(progress, start, t.steps)
+  train_bytes = f"{data.train_bytes:,} training bytes from " if data.train_bytes else ""
   bar.write(f"{type(model).__name__}: {num_params / 1e6:.2f}M parameters; data: "
-            f"{len(data.train):,} training bytes from {data.train_files} files, "
-            f"{data.eval.num_bytes:,} validation bytes from {data.eval_files} files; "
+            f"{train_bytes}{data.train_files} training documents, "
+            f"{data.eval.num_bytes:,} validation bytes from {data.eval_files} documents; "
             + (f"resuming at step {start}" if start else "starting at step 0")
             + f" of {t.steps}; workdir {workdir}")
 
@@ -161,9 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   window_start = time.perf_counter()
   try:
     while step < t.steps:
-      tokens = data_lib.random_windows(data.train, t.batch_size, model_cfg.seq_len,
-                                       config.seed, step)
-      state, step_metrics = train_step(state, jnp.asarray(tokens))
+      state, step_metrics = train_step(state, jnp.asarray(next(train_iter)))
       step += 1
       window_loss.append(step_metrics["loss"])
       window_norm.append(step_metrics["grad_norm"])
@@ -195,23 +205,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         window_loss, window_norm, window_steps, timed_steps = [], [], 0, 0
         window_start = time.perf_counter()
       if step % t.checkpoint_every == 0:
-        checkpointer.save(step, state)
+        checkpointer.save(step, state, train_iter)
       if t.eval_every and t.eval_batches and step % t.eval_every == 0 and step < t.steps:
         quick_eval(step)
       if step % t.checkpoint_every == 0 or step % max(t.eval_every, 1) == 0:
         window_start = time.perf_counter()  # keep saving and evaluating out of bytes/s
   except KeyboardInterrupt:
     bar.close()
-    checkpointer.save(step, state, force=True)
+    checkpointer.save(step, state, train_iter, force=True)
     checkpointer.close()
+    train_iter.close()
     writer.close()
     print(f"interrupted: saved step {step} to {checkpointer.directory}; run again to resume",
           file=sys.stderr)
     raise
   bar.close()
   if checkpointer.latest_step() != step:
-    checkpointer.save(step, state, force=True)
+    checkpointer.save(step, state, train_iter, force=True)
   checkpointer.close()
+  train_iter.close()
 
   final: dict[str, Any] = {"step": step, "params": num_params}
   if t.final_eval:

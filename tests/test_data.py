@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from megabyte_jax import DataError
-from megabyte_jax.data import load_byte_data, load_eval_files, random_windows
-from megabyte_jax.data.local_files import (concatenate, eval_windows, read_documents,
+from megabyte_jax.data import load_byte_data, load_eval_files
+from megabyte_jax.data.local_files import (eval_windows, read_documents,
                                            resolve_files, split_files, stdlib_root)
 
 
@@ -80,29 +80,12 @@ def test_load_eval_files_scores_any_bytes(tmp_path):
   assert count == 2 and windows.num_bytes == 768 + 100
 
 
-def test_random_windows_depend_only_on_seed_and_step():
-  stream = np.arange(1000, dtype=np.int64).astype(np.uint8)
-  a = random_windows(stream, 4, 32, seed=1, step=7)
-  assert a.shape == (4, 32) and a.dtype == np.int32
-  np.testing.assert_array_equal(a, random_windows(stream, 4, 32, seed=1, step=7))
-  assert not np.array_equal(a, random_windows(stream, 4, 32, seed=1, step=8))
-  with pytest.raises(DataError, match="fewer than one window"):
-    random_windows(stream[:10], 4, 32, seed=1, step=0)
-
-
-def test_concatenate_adds_separators():
-  docs = [np.frombuffer(b"ab", np.uint8), np.frombuffer(b"c", np.uint8)]
-  assert bytes(concatenate(docs, 0)) == b"ab\x00c\x00"
-  assert bytes(concatenate(docs, None)) == b"abc"
-  with pytest.raises(DataError, match="separator"):
-    concatenate(docs, 300)
-
-
 def test_load_byte_data_splits_and_reports(corpus):
   data = load_byte_data(_data_cfg(corpus), seq_len=64)
   assert data.train_files + data.eval_files == len(resolve_files(corpus)[1])
   assert data.eval_files > 0 and data.train_files > 0
-  assert len(data.train) + data.eval.num_bytes == _all_bytes(corpus) + data.train_files
+  assert len(data.train) == data.train_files
+  assert data.train_bytes + data.eval.num_bytes == _all_bytes(corpus)
 
 
 def test_load_byte_data_separate_eval_files(corpus):

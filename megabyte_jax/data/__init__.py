@@ -1,41 +1,46 @@
 """Byte datasets.
 
-`load_byte_data(config.data, seq_len)` gives the training stream and the validation windows
-for the configured source. Today's source is `local_files` (any directory or glob, default the
-Python standard library); see `megabyte_jax.data.local_files`.
+`load_byte_data(config.data, seq_len)` gives the training documents (a random-access source
+that `megabyte_jax.data.pipeline.training_batches` turns into packed, shuffled, per-host,
+checkpointable batches) and the validation windows for the configured source. The default
+source is `local_files` (any directory or glob, default the Python standard library); see
+`megabyte_jax.data.local_files`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
-import numpy as np
+from typing import Any, Optional
 
 from megabyte_jax.errors import DataError
-from megabyte_jax.data.local_files import (STDLIB, EvalWindows, concatenate,
-                                           eval_windows, random_windows, read_documents,
+from megabyte_jax.data.local_files import (STDLIB, EvalWindows, eval_windows, read_documents,
                                            resolve_files, split_files)
+from megabyte_jax.data.pipeline import InMemorySource, training_batches
 
 SOURCES = ("local_files",)
 
-__all__ = ["STDLIB", "SOURCES", "ByteData", "DataError", "EvalWindows", "eval_windows",
-           "load_byte_data", "load_eval_files", "random_windows", "split_file_lists"]
+__all__ = ["STDLIB", "SOURCES", "ByteData", "DataError", "EvalWindows", "InMemorySource",
+           "eval_windows", "load_byte_data", "load_eval_files", "split_file_lists",
+           "training_batches"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ByteData:
-  """Training stream and validation windows of one corpus.
+  """Training documents and validation windows of one corpus.
 
   Attributes:
-    train: uint8 `[bytes]`, the training documents joined with separators.
+    train: random-access training documents (`len`, `[i]` -> bytes), the input of
+      `training_batches`.
     eval: every validation byte in model-length windows.
-    train_files, eval_files: how many files went into each split.
+    train_files, eval_files: how many documents are in each split.
+    train_bytes: total training bytes, when known without reading everything.
   """
 
-  train: np.ndarray
+  train: Any
   eval: EvalWindows
   train_files: int
   eval_files: int
+  train_bytes: Optional[int] = None
 
 
 def load_eval_files(pattern: str, seq_len: int) -> tuple[EvalWindows, int]:
@@ -79,7 +84,7 @@ def load_byte_data(data_cfg, seq_len: int) -> ByteData:
     DataError: unknown source, no matching files, an empty split, unreadable files.
   """
   train_files, eval_files = split_file_lists(data_cfg)
-  train = concatenate(read_documents(train_files), data_cfg.separator)
+  train_docs = read_documents(train_files)
   windows = eval_windows(read_documents(eval_files), seq_len, shuffle_seed=data_cfg.split_seed)
-  return ByteData(train=train, eval=windows, train_files=len(train_files),
-                  eval_files=len(eval_files))
+  return ByteData(train=InMemorySource(train_docs), eval=windows, train_files=len(train_files),
+                  eval_files=len(eval_files), train_bytes=sum(len(d) for d in train_docs))

@@ -2,10 +2,9 @@
 
 Each matching file is one document. Documents are split into train and validation by a hash
 of their path (relative to the corpus root), so the split is the same on every machine and
-does not move when files are added. Training draws random windows from the concatenation of
-the training documents (each followed by a separator byte); evaluation scores every byte of
-every validation document exactly once, in windows of the model's length, each document
-starting from an empty context.
+does not move when files are added. Training documents go through the Grain pipeline
+(`megabyte_jax.data.pipeline`); evaluation scores every byte of every validation document
+exactly once, in windows of the model's length, each document starting from an empty context.
 
 The default corpus, `"stdlib"`, is the source of the running Python's standard library
 (real code, as in the paper's Code set) and needs no download.
@@ -96,33 +95,6 @@ def read_documents(files: Sequence[str]) -> list[np.ndarray]:
     except OSError as e:
       raise DataError(f"cannot read {path}: {e.strerror or e}") from e
   return docs
-
-
-def concatenate(docs: Sequence[np.ndarray], separator: Optional[int]) -> np.ndarray:
-  """Joins documents into one `uint8` stream, each followed by `separator` (if not None)."""
-  if separator is not None and not 0 <= separator <= 255:
-    raise DataError(f"data.separator must be a byte 0..255 or None, got {separator}")
-  parts = []
-  for doc in docs:
-    parts.append(doc)
-    if separator is not None:
-      parts.append(np.array([separator], dtype=np.uint8))
-  return np.concatenate(parts) if parts else np.zeros((0,), np.uint8)
-
-
-def random_windows(stream: np.ndarray, batch_size: int, seq_len: int, seed: int,
-                   step: int) -> np.ndarray:
-  """Batch `step` of training windows: int32 `[batch_size, seq_len]` at random offsets.
-
-  The offsets depend only on `(seed, step)`, so a resumed run sees exactly the batches an
-  uninterrupted run would have seen.
-  """
-  if len(stream) < seq_len:
-    raise DataError(f"the training data holds {len(stream)} bytes, fewer than one window "
-                    f"of seq_len={seq_len}")
-  rng = np.random.default_rng([seed, step])
-  starts = rng.integers(0, len(stream) - seq_len + 1, size=batch_size)
-  return np.stack([stream[s:s + seq_len] for s in starts]).astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
