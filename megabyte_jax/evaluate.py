@@ -40,7 +40,7 @@ def main(argv):
       windows, files = load_eval_files(_FILES.value, seq_len)
       source = _FILES.value
     else:
-      data = load_byte_data(config.data, seq_len)
+      data = load_byte_data(config.data, seq_len, model.config.patch_size)
       windows, files, source = data.eval, data.eval_files, f"{config.data.files} (validation)"
     batch = _BATCH.value or config.eval.batch_size
     result = evaluate_windows(make_eval_step(model), params, windows, batch)

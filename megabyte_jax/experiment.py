@@ -75,12 +75,25 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.model = model_section(kind, **model_fields)
 
   config.data = ml_collections.ConfigDict()
+  # "local_files", a TFDS builder ("byte_files", "image_folder", "audio_folder") or a TFDS
+  # catalog name prepared in `data_dir` (e.g. "pg19").
   config.data.name = "local_files"
   config.data.files = "stdlib"            # "stdlib", a directory, or a glob (** recurses)
   config.data.eval_files = config_dict.placeholder(str)  # separate validation glob, optional
   config.data.eval_fraction = 0.05        # share of files (by path hash) held out
   config.data.split_seed = 0
-  config.data.separator = 0               # byte after each training document
+  config.data.separator = 0               # byte after each training document (None: none,
+                                          # e.g. for images, to keep patches aligned)
+  config.data.data_dir = config_dict.placeholder(str)   # TFDS data_dir; default
+                                                          # ~/tensorflow_datasets
+  config.data.image_size = 64             # image_folder: images resized to N x N
+  config.data.channels = 3                # image_folder: 3 (RGB) or 1 (grayscale)
+  config.data.order = "raster"            # images: "raster" or "patch" (the paper's scan)
+  config.data.patch_size = config_dict.placeholder(int)  # patch scan: bytes per patch
+                                                          # (default: the model's)
+  config.data.encoding = "mulaw8"         # audio: "mulaw8", "pcm16" or "pcm8"
+  config.data.sample_rate = config_dict.placeholder(int)  # audio: required rate, optional
+  config.data.feature = config_dict.placeholder(str)      # catalog datasets: which feature
   config.data.read_threads = 4            # threads reading documents ahead of packing
   config.data.prefetch = 4                # batches prepared ahead (0: none)
 

@@ -123,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config = workdir_lib.resolve_config(workdir, config)
   _check_train_config(config)
   model, model_cfg = build_model(config.model)
-  data = data_lib.load_byte_data(config.data, model_cfg.seq_len)
+  data = data_lib.load_byte_data(config.data, model_cfg.seq_len, model_cfg.patch_size)
   workdir_lib.save_config(workdir, config)
 
   t = config.train

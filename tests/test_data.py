@@ -99,8 +99,8 @@ def test_empty_split_and_unknown_source_are_clear_errors(corpus, tmp_path):
   (tmp_path / "one.txt").write_text("hello")
   with pytest.raises(DataError, match="validation split .* is empty"):
     load_byte_data(_data_cfg(str(tmp_path), eval_fraction=0.0), seq_len=64)
-  with pytest.raises(DataError, match="unknown data source"):
-    load_byte_data(_data_cfg(corpus, name="tfds"), seq_len=64)
+  with pytest.raises(DataError, match="unknown dataset 'tfds'"):
+    load_byte_data(_data_cfg(corpus, name="tfds", data_dir=str(tmp_path / "tfds")), seq_len=64)
 
 
 def test_unreadable_file_is_named(tmp_path):

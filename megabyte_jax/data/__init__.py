@@ -10,14 +10,17 @@ source is `local_files` (any directory or glob, default the Python standard libr
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional
 
 from megabyte_jax.errors import DataError
 from megabyte_jax.data.local_files import (STDLIB, EvalWindows, eval_windows, read_documents,
                                            resolve_files, split_files)
-from megabyte_jax.data.pipeline import InMemorySource, training_batches
+from megabyte_jax.data.pipeline import InMemorySource, document_bytes, training_batches
 
-SOURCES = ("local_files",)
+LOCAL_FILES = "local_files"
+SOURCES = (LOCAL_FILES, "byte_files", "image_folder", "audio_folder")  # or a TFDS catalog name
+DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
 __all__ = ["STDLIB", "SOURCES", "ByteData", "DataError", "EvalWindows", "InMemorySource",
            "eval_windows", "load_byte_data", "load_eval_files", "split_file_lists",
@@ -50,13 +53,11 @@ def load_eval_files(pattern: str, seq_len: int) -> tuple[EvalWindows, int]:
 
 
 def split_file_lists(data_cfg) -> tuple[list[str], list[str]]:
-  """The `(training files, validation files)` that `data_cfg` selects.
+  """The `(training files, validation files)` that `data_cfg` selects (a files source).
 
   Raises:
-    DataError: unknown source, no matching files, or an empty split.
+    DataError: no matching files, or an empty split.
   """
-  if data_cfg.name not in SOURCES:
-    raise DataError(f"unknown data source {data_cfg.name!r}; available: {list(SOURCES)}")
   root, files = resolve_files(data_cfg.files)
   if data_cfg.get("eval_files"):
     train_files = files
@@ -73,18 +74,48 @@ def split_file_lists(data_cfg) -> tuple[list[str], list[str]]:
   return train_files, eval_files
 
 
-def load_byte_data(data_cfg, seq_len: int) -> ByteData:
+def builder_options(data_cfg, patch_size: int) -> dict:
+  """The options of `config.data` that the TFDS builder (or catalog reader) named by
+  `data_cfg.name` takes; an image `patch_size` defaults to the model's patch size."""
+  from megabyte_jax.data import builders  # pylint: disable=g-import-not-at-top (TFDS is slow)
+  known = builders.BUILDER_OPTIONS.get(data_cfg.name, builders.CATALOG_OPTIONS)
+  options = {k: data_cfg[k] for k in known if k in data_cfg and data_cfg[k] is not None}
+  if "patch_size" in known and options.get("order") == "patch":
+    options.setdefault("patch_size", patch_size)
+  return options
+
+
+def load_byte_data(data_cfg, seq_len: int, patch_size: int = 1) -> ByteData:
   """Loads the corpus that `data_cfg` (the `config.data` ConfigDict) describes.
 
-  Fields: `name` ("local_files"), `files` (pattern or "stdlib"), `eval_files` (optional
-  separate pattern for validation; otherwise `eval_fraction` of `files` by path hash),
-  `split_seed`, `separator` (byte after each training document, or None).
+  `data_cfg.name` selects the source:
+    "local_files" (default): `files` (pattern or "stdlib") read straight from disk;
+      `eval_files` (optional separate pattern) or `eval_fraction` of `files` by path hash,
+      `split_seed`.
+    "byte_files", "image_folder", "audio_folder": TFDS builders (`megabyte_jax.data.builders`)
+      that prepare `array_record` files under `data_dir` once and read them without
+      TensorFlow; their options (`image_size`, `channels`, `order`, `patch_size`, `encoding`,
+      `sample_rate`, ...) are fields of `data_cfg`.
+    any other name: a TFDS catalog dataset already prepared in `data_dir` (`feature` names
+      the field holding the text, image or audio).
 
   Raises:
     DataError: unknown source, no matching files, an empty split, unreadable files.
   """
-  train_files, eval_files = split_file_lists(data_cfg)
-  train_docs = read_documents(train_files)
-  windows = eval_windows(read_documents(eval_files), seq_len, shuffle_seed=data_cfg.split_seed)
-  return ByteData(train=InMemorySource(train_docs), eval=windows, train_files=len(train_files),
-                  eval_files=len(eval_files), train_bytes=sum(len(d) for d in train_docs))
+  if data_cfg.name == LOCAL_FILES:
+    train_files, eval_files = split_file_lists(data_cfg)
+    train_docs = read_documents(train_files)
+    train = InMemorySource(train_docs)
+    eval_docs = read_documents(eval_files)
+    train_bytes = sum(len(d) for d in train_docs)
+  else:
+    from megabyte_jax.data import builders  # pylint: disable=g-import-not-at-top
+    options = builder_options(data_cfg, patch_size)
+    data_dir = os.path.expanduser(data_cfg.get("data_dir") or DEFAULT_DATA_DIR)
+    train = builders.build_source(data_cfg.name, options, data_dir, "train")
+    validation = builders.build_source(data_cfg.name, options, data_dir, "validation")
+    eval_docs = [document_bytes(validation[i]) for i in range(len(validation))]
+    train_bytes = None
+  windows = eval_windows(eval_docs, seq_len, shuffle_seed=data_cfg.split_seed)
+  return ByteData(train=train, eval=windows, train_files=len(train),
+                  eval_files=len(eval_docs), train_bytes=train_bytes)
