@@ -134,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       data.train, model_cfg.seq_len, t.batch_size // jax.process_count(), seed=config.seed,
       separator=config.data.separator, process_index=jax.process_index(),
       process_count=jax.process_count(), read_threads=config.data.read_threads,
-      prefetch=config.data.prefetch)
+      prefetch=config.data.prefetch, workers=config.data.workers)
   train_iter = iter(dataset)
   optimizer = state_lib.make_optimizer(t)
   checkpointer = checkpoint_lib.Checkpointer(workdir, save_every=1, keep=t.keep_checkpoints)

@@ -128,3 +128,19 @@ def test_pipeline_errors_are_clear():
     training_batches(InMemorySource(_docs(3)), 8, 1, seed=0, process_index=2, process_count=2)
   with pytest.raises(DataError, match="separator"):
     training_batches(InMemorySource(_docs(3)), 8, 1, seed=0, separator=256)
+
+
+def test_worker_processes_resume_exactly_and_cover_the_data():
+  docs = _docs(24)
+  dataset = training_batches(InMemorySource(docs), 1, 1, seed=2, workers=2, prefetch=1)
+  it = iter(dataset)
+  epoch = len(_stream(docs))
+  data = np.concatenate([next(it).reshape(-1) for _ in range(3 * epoch)])
+  # Batches come from the workers in turn; each packs its own slice of the document stream.
+  shares = [set(_split_docs(data[w::2])) for w in range(2)]
+  assert shares[0] | shares[1] == {bytes(d) for d in docs}
+  state = json.loads(json.dumps(it.get_state()))
+  expected = _hashes(it, 40)
+  resumed = iter(dataset)
+  resumed.set_state(state)
+  assert _hashes(resumed, 40) == expected

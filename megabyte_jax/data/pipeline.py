@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+from absl import flags
 import grain
 import numpy as np
 
@@ -128,8 +129,8 @@ def host_documents(source: Any, process_index: int = 0,
 def training_batches(source: Any, seq_len: int, batch_size: int, seed: int,
                      separator: Optional[int] = 0, process_index: int = 0,
                      process_count: int = 1, shuffle: bool = True,
-                     num_epochs: Optional[int] = None, read_threads: int = 4,
-                     prefetch: int = 4) -> grain.IterDataset:
+                     num_epochs: Optional[int] = None, read_threads: int = 0,
+                     prefetch: int = 4, workers: int = 0) -> grain.IterDataset:
   """The training pipeline over `source` for one host (see the module docstring).
 
   Args:
@@ -140,8 +141,12 @@ def training_batches(source: Any, seq_len: int, batch_size: int, seed: int,
     process_index, process_count: this host's slice (`jax.process_index()`/`count()`).
     shuffle: shuffle documents (off: source order, e.g. for tests or evaluation).
     num_epochs: None repeats forever.
-    read_threads: threads reading documents ahead of the packer.
-    prefetch: batches prepared ahead on a background thread (0: none).
+    read_threads: threads reading documents ahead of the packer (0: read in the packing
+      thread, fastest for in-memory sources; a few help sources on slow storage).
+    prefetch: batches prepared ahead, per worker (0: none).
+    workers: processes that each pack a disjoint share of this host's documents (Grain
+      `mp_prefetch`; 0: one background thread). The order of batches depends on `workers`,
+      so a run resumes exactly only with the same number.
 
   Returns:
     A Grain `IterDataset`; `iter(...)` gives a checkpointable iterator of uint8 batches.
@@ -155,9 +160,15 @@ def training_batches(source: Any, seq_len: int, batch_size: int, seed: int,
   if shuffle:
     docs = docs.shuffle(seed=seed)
   docs = docs.repeat(num_epochs)
-  read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=64)
+  read_options = grain.ReadOptions(num_threads=read_threads,
+                                   prefetch_buffer_size=64 if read_threads else 0)
   stream = docs.to_iter_dataset(read_options)
   batches = PackedBatches(stream, seq_len, batch_size, separator, num_docs)
+  if workers:
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; a library caller
+      flags.FLAGS.mark_as_parsed()   # (tests, notebooks) may not have parsed any
+    return batches.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=max(prefetch, 1)))
   if prefetch:
     batches = grain.experimental.ThreadPrefetchIterDataset(batches,
                                                            prefetch_buffer_size=prefetch)
