@@ -33,7 +33,8 @@ def _hashes(iterator, n):
 
 def test_packing_loses_no_byte_across_epochs():
   docs = _docs()
-  it = iter(training_batches(InMemorySource(docs), 16, 4, seed=0, shuffle=False))
+  it = iter(training_batches(InMemorySource(docs), 16, 4, seed=0, shuffle=False,
+                            chunk_bytes=300))
   got = np.concatenate([next(it).reshape(-1) for _ in range(100)])
   expected = np.concatenate([_stream(docs)] * (len(got) // len(_stream(docs)) + 1))
   np.testing.assert_array_equal(got, expected[:len(got)])
@@ -52,7 +53,8 @@ def test_shuffle_is_seeded_and_every_epoch_is_a_permutation():
   epoch_bytes = len(_stream(docs))
 
   def first_epochs(seed, epochs=2):
-    it = iter(training_batches(InMemorySource(docs), 1, 1, seed=seed, prefetch=0))
+    it = iter(training_batches(InMemorySource(docs), 1, 1, seed=seed, prefetch=0,
+                                 chunk_bytes=100))
     data = np.concatenate([next(it).reshape(-1) for _ in range(epochs * epoch_bytes)])
     it.close()
     return [_split_docs(data[e * epoch_bytes:(e + 1) * epoch_bytes]) for e in range(epochs)]
@@ -70,7 +72,7 @@ def test_two_hosts_read_disjoint_data_that_covers_the_epoch():
   docs = _docs(31)
   seen = []
   for host in range(2):
-    it = iter(training_batches(InMemorySource(docs), 1, 1, seed=5, process_index=host,
+    it = iter(training_batches(InMemorySource(docs), 1, 1, seed=5, process_index=host, chunk_bytes=100,
                                process_count=2, num_epochs=1, prefetch=0))
     seen.append(_split_docs(np.concatenate([b.reshape(-1) for b in it])))
   assert not set(seen[0]) & set(seen[1])
@@ -81,7 +83,7 @@ def test_two_hosts_read_disjoint_data_that_covers_the_epoch():
 @pytest.mark.parametrize("prefetch", [0, 3])
 def test_resume_from_state_gives_the_same_batches(prefetch):
   source = InMemorySource(_docs(40))
-  dataset = training_batches(source, 32, 2, seed=3, prefetch=prefetch)
+  dataset = training_batches(source, 32, 2, seed=3, prefetch=prefetch, chunk_bytes=320)
   straight = iter(dataset)
   reference = _hashes(straight, 60)
   straight.close()
@@ -96,7 +98,7 @@ def test_resume_from_state_gives_the_same_batches(prefetch):
 
 
 def test_iterator_position_round_trips_through_an_orbax_checkpoint(tmp_path):
-  dataset = training_batches(InMemorySource(_docs(40)), 32, 2, seed=3)
+  dataset = training_batches(InMemorySource(_docs(40)), 32, 2, seed=3, chunk_bytes=320)
   it = iter(dataset)
   _hashes(it, 11)
   checkpointer = Checkpointer(str(tmp_path), save_every=1, keep=2)
@@ -132,12 +134,15 @@ def test_pipeline_errors_are_clear():
 
 def test_worker_processes_resume_exactly_and_cover_the_data():
   docs = _docs(24)
-  dataset = training_batches(InMemorySource(docs), 1, 1, seed=2, workers=2, prefetch=1)
+  dataset = training_batches(InMemorySource(docs), 1, 1, seed=2, workers=2, prefetch=1,
+                             chunk_bytes=50)
   it = iter(dataset)
   epoch = len(_stream(docs))
-  data = np.concatenate([next(it).reshape(-1) for _ in range(3 * epoch)])
-  # Batches come from the workers in turn; each packs its own slice of the document stream.
-  shares = [set(_split_docs(data[w::2])) for w in range(2)]
+  data = np.concatenate([next(it).reshape(-1) for _ in range(3 * epoch // 50 * 50)])
+  # Chunks (of 50 one-byte batches) come from the workers in turn; each worker packs its
+  # own slice of the document stream.
+  chunks = data.reshape(-1, 50)
+  shares = [set(_split_docs(chunks[w::2].reshape(-1))) for w in range(2)]
   assert shares[0] | shares[1] == {bytes(d) for d in docs}
   state = json.loads(json.dumps(it.get_state()))
   expected = _hashes(it, 40)

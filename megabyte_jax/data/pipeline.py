@@ -4,8 +4,10 @@
       -> this host's slice of the documents (`process_index::process_count`)
       -> shuffled by seed, reshuffled every epoch, repeated forever
       -> each document as uint8 bytes, followed by a separator byte
-      -> packed back to back into `[batch, seq_len]` windows (no padding, no byte dropped)
-      -> prefetched on a background thread
+      -> packed back to back into `[batch, seq_len]` windows (no padding, no byte dropped),
+         a chunk of ~2 MB of batches at a time
+      -> prefetched on a background thread (or packed by worker processes)
+      -> handed out one batch at a time
 
 The iterator is a Grain `DatasetIterator`: `get_state()` is a small JSON-able dict (the
 position of the document being packed and the offset inside it), saved in the same Orbax
@@ -22,6 +24,8 @@ import grain
 import numpy as np
 
 from megabyte_jax.errors import DataError
+
+CHUNK_BYTES = 2 ** 21  # bytes packed per call of the packer (a chunk of whole batches)
 
 
 class InMemorySource:
@@ -50,16 +54,17 @@ def document_bytes(record: Any) -> np.ndarray:
 
 
 class _PackedBatchIterator(grain.DatasetIterator):
-  """Fills `[batch, seq_len]` uint8 batches from a stream of documents, back to back.
+  """Fills `[chunk, batch, seq_len]` uint8 arrays from a stream of documents, back to back.
 
-  State: the parent's state before the document being packed, and the offset inside it.
+  Packing `chunk` batches per call keeps the per-batch Python cost tiny. State: the
+  parent's state before the document being packed, and the offset inside it.
   """
 
   def __init__(self, parent: grain.DatasetIterator, seq_len: int, batch_size: int,
-               separator: Optional[int], num_docs: int):
+               separator: Optional[int], num_docs: int, chunk: int):
     super().__init__(parent)
     self._seq_len, self._batch_size, self._separator = seq_len, batch_size, separator
-    self._num_docs = num_docs
+    self._num_docs, self._chunk = num_docs, chunk
     self._doc: Optional[np.ndarray] = None
     self._offset = 0
     self._doc_state = parent.get_state()   # the parent's state before `self._doc`
@@ -72,11 +77,18 @@ class _PackedBatchIterator(grain.DatasetIterator):
     self._doc, self._offset = doc, 0
 
   def __next__(self) -> np.ndarray:
-    out = np.empty((self._batch_size * self._seq_len,), np.uint8)
+    batch_bytes = self._batch_size * self._seq_len
+    out = np.empty((self._chunk * batch_bytes,), np.uint8)
     filled, empty_docs = 0, 0
     while filled < out.size:
       if self._doc is None or self._offset >= len(self._doc):
-        self._next_document()
+        try:
+          self._next_document()
+        except StopIteration:   # a finite stream ended: hand out the whole batches packed
+          if filled < batch_bytes:
+            raise
+          full = filled // batch_bytes
+          return out[:full * batch_bytes].reshape(full, self._batch_size, self._seq_len)
         empty_docs = empty_docs + 1 if len(self._doc) == 0 else 0
         if empty_docs > self._num_docs:   # a whole epoch without a byte
           raise DataError("the training documents are all empty: no bytes to train on")
@@ -85,7 +97,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
       out[filled:filled + take] = self._doc[self._offset:self._offset + take]
       filled += take
       self._offset += take
-    return out.reshape(self._batch_size, self._seq_len)
+    return out.reshape(self._chunk, self._batch_size, self._seq_len)
 
   def get_state(self) -> dict[str, Any]:
     return {"parent": self._doc_state,
@@ -101,17 +113,55 @@ class _PackedBatchIterator(grain.DatasetIterator):
 
 
 class PackedBatches(grain.IterDataset):
-  """An `IterDataset` of `[batch, seq_len]` uint8 windows packed from a document stream."""
+  """An `IterDataset` of `[chunk, batch, seq_len]` uint8 windows packed from documents."""
 
   def __init__(self, parent: grain.IterDataset, seq_len: int, batch_size: int,
-               separator: Optional[int], num_docs: int):
+               separator: Optional[int], num_docs: int, chunk: int = 1):
     super().__init__(parent)
     self._seq_len, self._batch_size, self._separator = seq_len, batch_size, separator
-    self._num_docs = num_docs
+    self._num_docs, self._chunk = num_docs, chunk
 
   def __iter__(self) -> _PackedBatchIterator:
     return _PackedBatchIterator(self._parent.__iter__(), self._seq_len, self._batch_size,
-                                self._separator, self._num_docs)
+                                self._separator, self._num_docs, self._chunk)
+
+
+class _SplitIterator(grain.DatasetIterator):
+  """Hands out the batches of each `[chunk, ...]` array one at a time.
+
+  State: the parent's state before the current chunk and the index inside it.
+  """
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+    self._chunk: Optional[np.ndarray] = None
+    self._index = 0
+    self._chunk_state = parent.get_state()
+
+  def __next__(self) -> np.ndarray:
+    if self._chunk is None or self._index >= len(self._chunk):
+      self._chunk_state = self._parent.get_state()
+      self._chunk, self._index = next(self._parent), 0
+    batch = self._chunk[self._index]
+    self._index += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {"parent": self._chunk_state,
+            "index": -1 if self._chunk is None else int(self._index)}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["parent"])
+    self._chunk, self._index, self._chunk_state = None, 0, state["parent"]
+    if state["index"] >= 0:
+      self._chunk, self._index = next(self._parent), int(state["index"])
+
+
+class SplitChunks(grain.IterDataset):
+  """Turns an `IterDataset` of `[chunk, ...]` arrays into one of their `[...]` rows."""
+
+  def __iter__(self) -> _SplitIterator:
+    return _SplitIterator(self._parent.__iter__())
 
 
 def host_documents(source: Any, process_index: int = 0,
@@ -130,7 +180,8 @@ def training_batches(source: Any, seq_len: int, batch_size: int, seed: int,
                      separator: Optional[int] = 0, process_index: int = 0,
                      process_count: int = 1, shuffle: bool = True,
                      num_epochs: Optional[int] = None, read_threads: int = 0,
-                     prefetch: int = 4, workers: int = 0) -> grain.IterDataset:
+                     prefetch: int = 4, workers: int = 0,
+                     chunk_bytes: int = CHUNK_BYTES) -> grain.IterDataset:
   """The training pipeline over `source` for one host (see the module docstring).
 
   Args:
@@ -143,10 +194,12 @@ def training_batches(source: Any, seq_len: int, batch_size: int, seed: int,
     num_epochs: None repeats forever.
     read_threads: threads reading documents ahead of the packer (0: read in the packing
       thread, fastest for in-memory sources; a few help sources on slow storage).
-    prefetch: batches prepared ahead, per worker (0: none).
+    prefetch: chunks (of ~2 MB of batches) prepared ahead, per worker (0: none).
     workers: processes that each pack a disjoint share of this host's documents (Grain
       `mp_prefetch`; 0: one background thread). The order of batches depends on `workers`,
       so a run resumes exactly only with the same number.
+    chunk_bytes: how many bytes of whole batches the packer fills per call (at least one
+      batch); with a finite `num_epochs` the last incomplete batch is dropped.
 
   Returns:
     A Grain `IterDataset`; `iter(...)` gives a checkpointable iterator of uint8 batches.
@@ -163,13 +216,14 @@ def training_batches(source: Any, seq_len: int, batch_size: int, seed: int,
   read_options = grain.ReadOptions(num_threads=read_threads,
                                    prefetch_buffer_size=64 if read_threads else 0)
   stream = docs.to_iter_dataset(read_options)
-  batches = PackedBatches(stream, seq_len, batch_size, separator, num_docs)
+  # Batches are packed (and prefetched) a chunk of ~2 MB at a time, then handed out singly.
+  chunk = max(1, chunk_bytes // (batch_size * seq_len))
+  chunks = PackedBatches(stream, seq_len, batch_size, separator, num_docs, chunk)
   if workers:
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; a library caller
       flags.FLAGS.mark_as_parsed()   # (tests, notebooks) may not have parsed any
-    return batches.mp_prefetch(grain.MultiprocessingOptions(
+    chunks = chunks.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=max(prefetch, 1)))
-  if prefetch:
-    batches = grain.experimental.ThreadPrefetchIterDataset(batches,
-                                                           prefetch_buffer_size=prefetch)
-  return batches
+  elif prefetch:
+    chunks = grain.experimental.ThreadPrefetchIterDataset(chunks, prefetch_buffer_size=prefetch)
+  return SplitChunks(chunks)
