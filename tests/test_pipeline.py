@@ -42,7 +42,7 @@ def test_packing_loses_no_byte_across_epochs():
 
 
 def test_batches_are_uint8_of_the_requested_shape():
-  it = iter(training_batches(InMemorySource(_docs()), 16, 4, seed=0))
+  it = iter(training_batches(InMemorySource(_docs()), 16, 4, seed=0, chunk_bytes=640))
   batch = next(it)
   assert batch.shape == (4, 16) and batch.dtype == np.uint8
   it.close()
@@ -54,7 +54,7 @@ def test_shuffle_is_seeded_and_every_epoch_is_a_permutation():
 
   def first_epochs(seed, epochs=2):
     it = iter(training_batches(InMemorySource(docs), 1, 1, seed=seed, prefetch=0,
-                                 chunk_bytes=100))
+                                 chunk_bytes=100, shuffle_windows=False))
     data = np.concatenate([next(it).reshape(-1) for _ in range(epochs * epoch_bytes)])
     it.close()
     return [_split_docs(data[e * epoch_bytes:(e + 1) * epoch_bytes]) for e in range(epochs)]
@@ -73,6 +73,7 @@ def test_two_hosts_read_disjoint_data_that_covers_the_epoch():
   seen = []
   for host in range(2):
     it = iter(training_batches(InMemorySource(docs), 1, 1, seed=5, process_index=host, chunk_bytes=100,
+                               shuffle_windows=False,
                                process_count=2, num_epochs=1, prefetch=0))
     seen.append(_split_docs(np.concatenate([b.reshape(-1) for b in it])))
   assert not set(seen[0]) & set(seen[1])
@@ -135,7 +136,7 @@ def test_pipeline_errors_are_clear():
 def test_worker_processes_resume_exactly_and_cover_the_data():
   docs = _docs(24)
   dataset = training_batches(InMemorySource(docs), 1, 1, seed=2, workers=2, prefetch=1,
-                             chunk_bytes=50)
+                             chunk_bytes=50, shuffle_windows=False)
   it = iter(dataset)
   epoch = len(_stream(docs))
   data = np.concatenate([next(it).reshape(-1) for _ in range(3 * epoch // 50 * 50)])
@@ -149,3 +150,19 @@ def test_worker_processes_resume_exactly_and_cover_the_data():
   resumed = iter(dataset)
   resumed.set_state(state)
   assert _hashes(resumed, 40) == expected
+
+
+def test_windows_are_shuffled_within_chunks_by_seed():
+  docs = _docs(40)
+
+  def chunk(seed, shuffle_windows):
+    it = iter(training_batches(InMemorySource(docs), 8, 4, seed=seed, prefetch=0,
+                               chunk_bytes=8 * 4 * 10, shuffle_windows=shuffle_windows))
+    windows = np.concatenate([next(it) for _ in range(10)])   # exactly the first chunk
+    it.close()
+    return windows
+
+  plain, mixed = chunk(1, False), chunk(1, True)
+  assert not np.array_equal(plain, mixed)
+  assert sorted(map(bytes, plain)) == sorted(map(bytes, mixed))   # a permutation
+  np.testing.assert_array_equal(mixed, chunk(1, True))            # fixed by the seed

@@ -5,7 +5,7 @@
       -> shuffled by seed, reshuffled every epoch, repeated forever
       -> each document as uint8 bytes, followed by a separator byte
       -> packed back to back into `[batch, seq_len]` windows (no padding, no byte dropped),
-         a chunk of ~2 MB of batches at a time
+         a chunk of ~2 MB of batches at a time, its windows shuffled by seed
       -> prefetched on a background thread (or packed by worker processes)
       -> handed out one batch at a time
 
@@ -61,10 +61,12 @@ class _PackedBatchIterator(grain.DatasetIterator):
   """
 
   def __init__(self, parent: grain.DatasetIterator, seq_len: int, batch_size: int,
-               separator: Optional[int], num_docs: int, chunk: int):
+               separator: Optional[int], num_docs: int, chunk: int,
+               window_seed: Optional[int]):
     super().__init__(parent)
     self._seq_len, self._batch_size, self._separator = seq_len, batch_size, separator
-    self._num_docs, self._chunk = num_docs, chunk
+    self._num_docs, self._chunk, self._window_seed = num_docs, chunk, window_seed
+    self._chunks_done = 0
     self._doc: Optional[np.ndarray] = None
     self._offset = 0
     self._doc_state = parent.get_state()   # the parent's state before `self._doc`
@@ -88,7 +90,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
           if filled < batch_bytes:
             raise
           full = filled // batch_bytes
-          return out[:full * batch_bytes].reshape(full, self._batch_size, self._seq_len)
+          return self._finish(out[:full * batch_bytes], full)
         empty_docs = empty_docs + 1 if len(self._doc) == 0 else 0
         if empty_docs > self._num_docs:   # a whole epoch without a byte
           raise DataError("the training documents are all empty: no bytes to train on")
@@ -97,14 +99,28 @@ class _PackedBatchIterator(grain.DatasetIterator):
       out[filled:filled + take] = self._doc[self._offset:self._offset + take]
       filled += take
       self._offset += take
-    return out.reshape(self._chunk, self._batch_size, self._seq_len)
+    return self._finish(out, self._chunk)
+
+  def _finish(self, out: np.ndarray, batches: int) -> np.ndarray:
+    """Shapes a packed chunk into batches, its windows shuffled when a seed is set."""
+    windows = out.reshape(batches * self._batch_size, self._seq_len)
+    if self._window_seed is not None:
+      # Consecutive windows come from the same document; mixing the ~2 MB of a chunk
+      # keeps the windows of one batch (and of successive batches) mostly unrelated.
+      order = np.random.default_rng([self._window_seed, self._chunks_done]).permutation(
+          len(windows))
+      windows = windows[order]
+    self._chunks_done += 1
+    return windows.reshape(batches, self._batch_size, self._seq_len)
 
   def get_state(self) -> dict[str, Any]:
     return {"parent": self._doc_state,
-            "offset": -1 if self._doc is None else int(self._offset)}
+            "offset": -1 if self._doc is None else int(self._offset),
+            "chunks": self._chunks_done}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["parent"])
+    self._chunks_done = int(state["chunks"])
     self._doc, self._offset = None, 0
     self._doc_state = state["parent"]
     if state["offset"] >= 0:
@@ -116,14 +132,16 @@ class PackedBatches(grain.IterDataset):
   """An `IterDataset` of `[chunk, batch, seq_len]` uint8 windows packed from documents."""
 
   def __init__(self, parent: grain.IterDataset, seq_len: int, batch_size: int,
-               separator: Optional[int], num_docs: int, chunk: int = 1):
+               separator: Optional[int], num_docs: int, chunk: int = 1,
+               window_seed: Optional[int] = None):
     super().__init__(parent)
     self._seq_len, self._batch_size, self._separator = seq_len, batch_size, separator
-    self._num_docs, self._chunk = num_docs, chunk
+    self._num_docs, self._chunk, self._window_seed = num_docs, chunk, window_seed
 
   def __iter__(self) -> _PackedBatchIterator:
     return _PackedBatchIterator(self._parent.__iter__(), self._seq_len, self._batch_size,
-                                self._separator, self._num_docs, self._chunk)
+                                self._separator, self._num_docs, self._chunk,
+                                self._window_seed)
 
 
 class _SplitIterator(grain.DatasetIterator):
@@ -181,7 +199,8 @@ def training_batches(source: Any, seq_len: int, batch_size: int, seed: int,
                      process_count: int = 1, shuffle: bool = True,
                      num_epochs: Optional[int] = None, read_threads: int = 0,
                      prefetch: int = 4, workers: int = 0,
-                     chunk_bytes: int = CHUNK_BYTES) -> grain.IterDataset:
+                     chunk_bytes: int = CHUNK_BYTES,
+                     shuffle_windows: bool = True) -> grain.IterDataset:
   """The training pipeline over `source` for one host (see the module docstring).
 
   Args:
@@ -200,6 +219,8 @@ def training_batches(source: Any, seq_len: int, batch_size: int, seed: int,
       so a run resumes exactly only with the same number.
     chunk_bytes: how many bytes of whole batches the packer fills per call (at least one
       batch); with a finite `num_epochs` the last incomplete batch is dropped.
+    shuffle_windows: with `shuffle`, also shuffle the windows within each chunk, so that a
+      batch does not hold consecutive pieces of one document.
 
   Returns:
     A Grain `IterDataset`; `iter(...)` gives a checkpointable iterator of uint8 batches.
@@ -218,7 +239,8 @@ def training_batches(source: Any, seq_len: int, batch_size: int, seed: int,
   stream = docs.to_iter_dataset(read_options)
   # Batches are packed (and prefetched) a chunk of ~2 MB at a time, then handed out singly.
   chunk = max(1, chunk_bytes // (batch_size * seq_len))
-  chunks = PackedBatches(stream, seq_len, batch_size, separator, num_docs, chunk)
+  chunks = PackedBatches(stream, seq_len, batch_size, separator, num_docs, chunk,
+                         window_seed=seed if shuffle and shuffle_windows else None)
   if workers:
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; a library caller
       flags.FLAGS.mark_as_parsed()   # (tests, notebooks) may not have parsed any
