@@ -82,7 +82,7 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.data.eval_files = config_dict.placeholder(str)  # separate validation glob, optional
   config.data.eval_fraction = 0.05        # share of files (by path hash) held out
   config.data.split_seed = 0
-  config.data.separator = 0               # byte after each training document (None: none,
+  config.data.separator = 0               # byte after each training document (-1: none,
                                           # e.g. for images, to keep patches aligned)
   config.data.data_dir = config_dict.placeholder(str)   # TFDS data_dir; default
                                                           # ~/tensorflow_datasets
@@ -97,6 +97,7 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.data.read_threads = 0            # threads reading documents ahead of packing
   config.data.prefetch = 4                # batches prepared ahead (0: none)
   config.data.workers = 0                 # packing processes (0: one background thread)
+  config.data.chunk_bytes = 2 ** 24       # bytes packed at once; windows mix within a chunk
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000

@@ -132,9 +132,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       f"hosts ({jax.process_count()})")
   dataset = data_lib.training_batches(
       data.train, model_cfg.seq_len, t.batch_size // jax.process_count(), seed=config.seed,
-      separator=config.data.separator, process_index=jax.process_index(),
+      separator=None if config.data.separator in (None, -1) else config.data.separator,
+      process_index=jax.process_index(),
       process_count=jax.process_count(), read_threads=config.data.read_threads,
-      prefetch=config.data.prefetch, workers=config.data.workers)
+      prefetch=config.data.prefetch, workers=config.data.workers,
+      chunk_bytes=config.data.chunk_bytes)
   train_iter = iter(dataset)
   optimizer = state_lib.make_optimizer(t)
   checkpointer = checkpoint_lib.Checkpointer(workdir, save_every=1, keep=t.keep_checkpoints)

@@ -26,6 +26,7 @@ def _config(corpus, kind="megabyte", steps=12):
     config = base_config("transformer", seq_len=32, dim=32, layers=1, heads=2)
   config.data.files = corpus
   config.data.eval_fraction = 0.3
+  config.data.chunk_bytes = 2 ** 14
   t = config.train
   t.steps, t.batch_size, t.warmup_steps, t.log_every = steps, 4, 2, 3
   t.eval_every, t.eval_batches, t.checkpoint_every, t.tensorboard = 6, 1, 6, False

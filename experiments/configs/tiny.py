@@ -16,5 +16,6 @@ def get_config():
   config.train.checkpoint_every = 10
   config.train.tensorboard = False
   config.eval.batch_size = 8
+  config.data.chunk_bytes = 2 ** 16
   config.sample.num_bytes = 16
   return config

@@ -5,7 +5,7 @@
       -> shuffled by seed, reshuffled every epoch, repeated forever
       -> each document as uint8 bytes, followed by a separator byte
       -> packed back to back into `[batch, seq_len]` windows (no padding, no byte dropped),
-         a chunk of ~2 MB of batches at a time, its windows shuffled by seed
+         a chunk of ~16 MB of batches at a time, its windows shuffled by seed
       -> prefetched on a background thread (or packed by worker processes)
       -> handed out one batch at a time
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from megabyte_jax.errors import DataError
 
-CHUNK_BYTES = 2 ** 21  # bytes packed per call of the packer (a chunk of whole batches)
+CHUNK_BYTES = 2 ** 24  # bytes packed (and windows mixed) per call of the packer
 
 
 class InMemorySource:
@@ -105,7 +105,7 @@ class _PackedBatchIterator(grain.DatasetIterator):
     """Shapes a packed chunk into batches, its windows shuffled when a seed is set."""
     windows = out.reshape(batches * self._batch_size, self._seq_len)
     if self._window_seed is not None:
-      # Consecutive windows come from the same document; mixing the ~2 MB of a chunk
+      # Consecutive windows come from the same document; mixing the windows of a chunk
       # keeps the windows of one batch (and of successive batches) mostly unrelated.
       order = np.random.default_rng([self._window_seed, self._chunks_done]).permutation(
           len(windows))
@@ -213,12 +213,14 @@ def training_batches(source: Any, seq_len: int, batch_size: int, seed: int,
     num_epochs: None repeats forever.
     read_threads: threads reading documents ahead of the packer (0: read in the packing
       thread, fastest for in-memory sources; a few help sources on slow storage).
-    prefetch: chunks (of ~2 MB of batches) prepared ahead, per worker (0: none).
+    prefetch: chunks of batches prepared ahead, per worker (0: none).
     workers: processes that each pack a disjoint share of this host's documents (Grain
       `mp_prefetch`; 0: one background thread). The order of batches depends on `workers`,
       so a run resumes exactly only with the same number.
     chunk_bytes: how many bytes of whole batches the packer fills per call (at least one
-      batch); with a finite `num_epochs` the last incomplete batch is dropped.
+      batch); windows are mixed within a chunk, so larger chunks mix more documents into
+      each stretch of training. With a finite `num_epochs` the last incomplete batch is
+      dropped.
     shuffle_windows: with `shuffle`, also shuffle the windows within each chunk, so that a
       batch does not hold consecutive pieces of one document.
 
@@ -237,7 +239,7 @@ def training_batches(source: Any, seq_len: int, batch_size: int, seed: int,
   read_options = grain.ReadOptions(num_threads=read_threads,
                                    prefetch_buffer_size=64 if read_threads else 0)
   stream = docs.to_iter_dataset(read_options)
-  # Batches are packed (and prefetched) a chunk of ~2 MB at a time, then handed out singly.
+  # Batches are packed (and prefetched) a chunk at a time, then handed out singly.
   chunk = max(1, chunk_bytes // (batch_size * seq_len))
   chunks = PackedBatches(stream, seq_len, batch_size, separator, num_docs, chunk,
                          window_seed=seed if shuffle and shuffle_windows else None)
