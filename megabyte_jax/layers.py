@@ -11,6 +11,13 @@ onto a device mesh lives in one table of rules outside the model:
 
 Activations are annotated with `activation_*` names the same way; without rules in scope
 (`nn.logical_axis_rules`) the annotations do nothing.
+
+Incremental decoding uses the same modules: called with a `cache` (one `KVCache` per layer,
+from `init_stack_cache`) and an `index`, the stack processes new positions only, attends to
+the cached keys and values, and returns the updated cache with its output. Without a cache
+the code path (and its numerics) is the training one. Caches carry logical axis names too
+(`CACHE_AXES`: batch, cache length, heads, per-head width), so they shard like activations
+and parameters under the same rules.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Optional
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,6 +37,10 @@ Initializer = Callable[..., jax.Array]
 
 # Logical names of activation axes, used with `nn.with_logical_constraint`.
 ACT_SEQ = ("activation_batch", "activation_length", "activation_embed")
+# Logical names of a KV cache's axes `[batch, max_len, heads, head_dim]`: batch like
+# activations, heads and head width like the attention parameters (so each shard of the
+# heads keeps its own keys and values), and a separate name for the cached length.
+CACHE_AXES = ("activation_batch", "cache_length", "heads", "kv")
 
 
 def embedding_init(init_std: Optional[float]) -> Initializer:
@@ -116,17 +128,84 @@ def choose_attention_impl(requested: str, dtype: Any, head_dim: int, length: int
   return "xla"
 
 
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of one attention layer, for incremental decoding (a pytree).
+
+  Attributes:
+    k, v: `[batch, max_len, heads, head_dim]` in the compute dtype; entry `j` holds the key
+      (value) of position `j`. Entries at or after the next write position are stale or zero
+      and are never attended to (the causal mask hides them), so a cache is "reset" simply by
+      writing from position 0 again.
+  """
+
+  k: jax.Array
+  v: jax.Array
+
+  @classmethod
+  def zeros(cls, batch: int, max_len: int, heads: int, head_dim: int, dtype: Any) -> "KVCache":
+    """An empty cache for `max_len` positions."""
+    shape = (batch, max_len, heads, head_dim)
+    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+  @classmethod
+  def logical_axes(cls) -> "KVCache":
+    """`PartitionSpec`s of logical names (`CACHE_AXES`) for `k` and `v`, in the cache's own
+    structure (map them onto a mesh with `nn.logical_to_mesh_sharding`)."""
+    spec = jax.sharding.PartitionSpec(*CACHE_AXES)
+    return cls(k=spec, v=spec)
+
+
+def init_stack_cache(spec: "StackSpec", batch: int, max_len: int) -> tuple[KVCache, ...]:
+  """An empty cache for a `TransformerStack` of `spec`: one `KVCache` per layer."""
+  dtype = resolve_dtype(spec.dtype)
+  return tuple(KVCache.zeros(batch, max_len, spec.heads, spec.head_dim, dtype)
+               for _ in range(spec.layers))
+
+
+def _cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: KVCache,
+                      index: Any, impl: str) -> tuple[jax.Array, KVCache]:
+  """Attention of new positions `index .. index+n-1` to a cache that holds `0 .. index-1`.
+
+  `q, k, v`: `[batch, n, heads, head_dim]` of the new positions. Writes `k, v` into the cache
+  at `index` and returns `(attention output [batch, n, heads, head_dim], updated cache)`.
+
+  With `index` the Python int 0 (a prefill from an empty cache) the new positions attend
+  only to each other, exactly as in training (same causal kernel); otherwise (`index` may be
+  traced) queries attend to the whole cache under a mask that admits cached positions up to
+  their own, with XLA's attention (short queries against a cache gain nothing from cuDNN).
+  """
+  k_all = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, index, 0, 0))
+  v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, index, 0, 0))
+  k_all = nn.with_logical_constraint(k_all, CACHE_AXES)
+  v_all = nn.with_logical_constraint(v_all, CACHE_AXES)
+  if isinstance(index, int) and index == 0:          # prefill: the training computation
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+  else:
+    q_pos = index + jnp.arange(q.shape[1], dtype=jnp.int32)
+    k_pos = jnp.arange(cache.k.shape[1], dtype=jnp.int32)
+    mask = (k_pos[None, :] <= q_pos[:, None])[None, None]   # [1, 1, n, max_len]
+    out = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype),
+                                       mask=mask, implementation="xla")
+  return out, KVCache(k=k_all, v=v_all)
+
+
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention over `[batch, length, dim]`.
 
   Attention itself goes through `jax.nn.dot_product_attention`, which runs cuDNN's flash
   attention on GPU when `attention_impl` selects it.
+
+  With `cache` (a `KVCache`) the input holds new positions `index, index+1, ...` only; the
+  call attends to them and to the cached ones and returns `(output, updated cache)`.
   """
 
   spec: StackSpec
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, cache: Optional[KVCache] = None,
+               index: Any = None) -> Any:
+    """Returns `[batch, length, dim]`, or `(that, new cache)` when `cache` is given."""
     spec = self.spec
     dtype, param_dtype = resolve_dtype(spec.dtype), resolve_dtype(spec.param_dtype)
     dim, heads, head_dim = spec.dim, spec.heads, spec.head_dim
@@ -152,13 +231,16 @@ class CausalSelfAttention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     impl = choose_attention_impl(spec.attention_impl, dtype, head_dim, x.shape[1])
     # out: [batch, length, heads, head_dim]
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+    if cache is None:
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+    else:
+      out, cache = _cached_attention(q, k, v, cache, 0 if index is None else index, impl)
     y = jnp.einsum("bthk,hkd->btd", out, w_out.astype(dtype))
     if spec.use_bias:
       b_out = self.param("out_bias", nn.with_logical_partitioning(
           nn.initializers.zeros, ("embed",)), (dim,), param_dtype)
       y = y + b_out.astype(dtype)
-    return y
+    return y if cache is None else (y, cache)
 
 
 class Mlp(nn.Module):
@@ -199,34 +281,60 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+  With `cache`, decodes incrementally (see `CausalSelfAttention`) and returns
+  `(output, updated cache)`.
+  """
 
   spec: StackSpec
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool = True,
+               cache: Optional[KVCache] = None, index: Any = None) -> Any:
+    """Returns `[batch, length, dim]`, or `(that, new cache)` when `cache` is given."""
     spec = self.spec
-    h = CausalSelfAttention(spec, name="attn")(make_norm(spec, "attn_norm")(x))
+    attn = CausalSelfAttention(spec, name="attn")
+    normed = make_norm(spec, "attn_norm")(x)
+    if cache is None:
+      h = attn(normed)
+    else:
+      h, cache = attn(normed, cache, index)
     x = x + nn.Dropout(spec.dropout)(h, deterministic=deterministic)
     h = Mlp(spec, name="mlp")(make_norm(spec, "mlp_norm")(x))
     x = x + nn.Dropout(spec.dropout)(h, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ACT_SEQ)
+    x = nn.with_logical_constraint(x, ACT_SEQ)
+    return x if cache is None else (x, cache)
 
 
 class TransformerStack(nn.Module):
   """`spec.layers` causal blocks and a final norm over `[batch, length, dim]`.
 
   Causal over the length axis: output t depends on inputs 0..t only.
+
+  Incremental decoding: with `cache` (`init_stack_cache(spec, batch, max_len)`, one
+  `KVCache` per layer) the input holds positions `index .. index+length-1` only, and the call
+  returns `(output, updated cache)`. `index=0` (a Python int) prefills an empty cache with the
+  training path's causal attention; a traced `index` continues from the cache.
   """
 
   spec: StackSpec
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, deterministic: bool = True,
+               cache: Optional[tuple[KVCache, ...]] = None, index: Any = None) -> Any:
+    """Returns `[batch, length, dim]`, or `(that, new caches)` when `cache` is given."""
     x = x.astype(resolve_dtype(self.spec.dtype))
+    new_cache = []
     for i in range(self.spec.layers):
-      x = Block(self.spec, name=f"block_{i}")(x, deterministic)
-    return make_norm(self.spec, "final_norm")(x)
+      block = Block(self.spec, name=f"block_{i}")
+      if cache is None:
+        x = block(x, deterministic)
+      else:
+        x, layer_cache = block(x, deterministic, cache=cache[i], index=index)
+        new_cache.append(layer_cache)
+    y = make_norm(self.spec, "final_norm")(x)
+    return y if cache is None else (y, tuple(new_cache))
 
 
 def byte_embedding(dim: int, init_std: Optional[float], dtype: Any, param_dtype: Any,
