@@ -1,11 +1,17 @@
 """Bits per byte of a trained model on local files.
 
-    python -m megabyte_jax.evaluate --workdir=DIR [--files=GLOB] [--step=N]
+    python -m megabyte_jax.evaluate --workdir=DIR [--files=GLOB] [--step=N] [--stride=S]
 
 Loads the configuration written by training and the latest (or `--step`) checkpoint, scores
 every byte of every matching file (each file from an empty context, in windows of the
 model's `seq_len`), and prints one JSON line with `bpb` and `bytes`. Without `--files` it
 scores the validation split of the training data.
+
+With `--stride=S` (a multiple of the patch size, at most `seq_len`) windows overlap: they
+advance by S bytes and each scores only its last S bytes (a document's first window scores
+all of its bytes), so every byte is still scored exactly once but sees up to `seq_len - S`
+bytes more left context (`megabyte_jax.scoring.strided_windows`). It costs about
+`seq_len / S` times as much.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import sys
 
 from absl import app, flags, logging
 from megabyte_jax.data import load_byte_data, load_eval_files
+from megabyte_jax.data.local_files import read_documents, resolve_files
 from megabyte_jax.errors import MegabyteError
-from megabyte_jax.scoring import evaluate_windows, make_eval_step
+from megabyte_jax.scoring import (check_stride, evaluate_windows, make_eval_step,
+                                  strided_windows, validation_documents)
 from megabyte_jax.workdir import load_trained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training directory (holds config.json).")
@@ -25,6 +33,10 @@ _FILES = flags.DEFINE_string(
     "validation split of the training data.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Windows per batch; default: config.")
+_STRIDE = flags.DEFINE_integer(
+    "stride", None, "Strided evaluation: overlapping windows that advance by this many bytes "
+    "(a multiple of the patch size, at most seq_len) and score only their last STRIDE bytes, "
+    "giving each byte more left context; default: plain consecutive windows.")
 
 
 def main(argv):
@@ -36,7 +48,18 @@ def main(argv):
   try:
     config, model, params, step = load_trained(_WORKDIR.value, _STEP.value)
     seq_len = config.model.seq_len
-    if _FILES.value:
+    stride = _STRIDE.value
+    if stride is not None:
+      patch_size = model.config.patch_size
+      check_stride(stride, seq_len, patch_size)
+      if _FILES.value:
+        docs = read_documents(resolve_files(_FILES.value)[1])
+        source = _FILES.value
+      else:
+        docs = validation_documents(config.data, patch_size)
+        source = f"{config.data.files} (validation)"
+      windows, files = strided_windows(docs, seq_len, stride, patch_size), len(docs)
+    elif _FILES.value:
       windows, files = load_eval_files(_FILES.value, seq_len)
       source = _FILES.value
     else:
@@ -46,8 +69,11 @@ def main(argv):
     result = evaluate_windows(make_eval_step(model), params, windows, batch)
   except MegabyteError as e:
     sys.exit(f"error: {e}")
-  print(json.dumps({"bpb": round(result["bpb"], 6), "bytes": result["bytes"], "files": files,
-                    "step": step, "source": source, "seconds": result["seconds"]}))
+  report = {"bpb": round(result["bpb"], 6), "bytes": result["bytes"], "files": files,
+            "step": step, "source": source, "seconds": result["seconds"]}
+  if stride is not None:
+    report.update(stride=stride, windows=len(windows.tokens))
+  print(json.dumps(report))
 
 
 if __name__ == "__main__":
