@@ -20,11 +20,11 @@ import json
 import sys
 
 from absl import app, flags, logging
-from megabyte_jax.data import load_byte_data, load_eval_files
+from megabyte_jax.data import load_byte_data, load_eval_files, validation_documents
 from megabyte_jax.data.local_files import read_documents, resolve_files
 from megabyte_jax.errors import MegabyteError
 from megabyte_jax.scoring import (check_stride, evaluate_windows, make_eval_step,
-                                  strided_windows, validation_documents)
+                                  strided_windows)
 from megabyte_jax.workdir import load_trained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training directory (holds config.json).")

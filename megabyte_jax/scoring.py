@@ -10,7 +10,6 @@ rest of it serving as context. Every byte is still scored exactly once; it costs
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Optional, Sequence
 
@@ -19,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from megabyte_jax import data as data_lib
 from megabyte_jax.data import EvalWindows
 from megabyte_jax.errors import ConfigError, DataError
 from megabyte_jax.losses import LN2, masked_nll_sum
@@ -84,23 +82,6 @@ def strided_spans(length: int, seq_len: int, stride: int) -> list[tuple[int, int
     spans.append((start, end, new_end))
     end = new_end
   return spans
-
-
-def validation_documents(data_cfg, patch_size: int = 1) -> list[np.ndarray]:
-  """The validation documents (uint8 arrays) of the source `data_cfg` (`config.data`)
-  selects, in order: the same documents `data.load_byte_data` cuts into plain windows.
-
-  Raises:
-    DataError: as `load_byte_data` (no matching files, an empty split, unreadable files).
-  """
-  if data_cfg.name == data_lib.LOCAL_FILES:
-    return data_lib.read_documents(data_lib.split_file_lists(data_cfg)[1])
-  from megabyte_jax.data import builders  # pylint: disable=g-import-not-at-top (TFDS is slow)
-  data_dir = os.path.expanduser(data_cfg.get("data_dir") or data_lib.DEFAULT_DATA_DIR)
-  validation = builders.build_source(data_cfg.name,
-                                     data_lib.builder_options(data_cfg, patch_size),
-                                     data_dir, "validation")
-  return [data_lib.document_bytes(validation[i]) for i in range(len(validation))]
 
 
 def strided_windows(docs: Sequence[np.ndarray], seq_len: int, stride: int,

@@ -13,6 +13,8 @@ import dataclasses
 import os
 from typing import Any, Optional
 
+import numpy as np
+
 from megabyte_jax.errors import DataError
 from megabyte_jax.data.local_files import (STDLIB, EvalWindows, eval_windows, read_documents,
                                            resolve_files, split_files)
@@ -24,7 +26,7 @@ DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
 __all__ = ["STDLIB", "SOURCES", "ByteData", "DataError", "EvalWindows", "InMemorySource",
            "eval_windows", "load_byte_data", "load_eval_files", "split_file_lists",
-           "training_batches"]
+           "training_batches", "validation_documents"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,27 @@ def builder_options(data_cfg, patch_size: int) -> dict:
   return options
 
 
+def _builder_source(data_cfg, patch_size: int, split: str) -> Any:
+  """The random-access `split` of a TFDS builder or prepared catalog dataset."""
+  from megabyte_jax.data import builders  # pylint: disable=g-import-not-at-top (TFDS is slow)
+  data_dir = os.path.expanduser(data_cfg.get("data_dir") or DEFAULT_DATA_DIR)
+  return builders.build_source(data_cfg.name, builder_options(data_cfg, patch_size), data_dir,
+                               split)
+
+
+def validation_documents(data_cfg, patch_size: int = 1) -> list[np.ndarray]:
+  """The validation documents (uint8 arrays) of the source `data_cfg` selects, in order:
+  the documents `load_byte_data` cuts into plain windows (and strided evaluation reuses).
+
+  Raises:
+    DataError: no matching files, an empty split, unreadable files.
+  """
+  if data_cfg.name == LOCAL_FILES:
+    return read_documents(split_file_lists(data_cfg)[1])
+  validation = _builder_source(data_cfg, patch_size, "validation")
+  return [document_bytes(validation[i]) for i in range(len(validation))]
+
+
 def load_byte_data(data_cfg, seq_len: int, patch_size: int = 1) -> ByteData:
   """Loads the corpus that `data_cfg` (the `config.data` ConfigDict) describes.
 
@@ -109,12 +132,8 @@ def load_byte_data(data_cfg, seq_len: int, patch_size: int = 1) -> ByteData:
     eval_docs = read_documents(eval_files)
     train_bytes = sum(len(d) for d in train_docs)
   else:
-    from megabyte_jax.data import builders  # pylint: disable=g-import-not-at-top
-    options = builder_options(data_cfg, patch_size)
-    data_dir = os.path.expanduser(data_cfg.get("data_dir") or DEFAULT_DATA_DIR)
-    train = builders.build_source(data_cfg.name, options, data_dir, "train")
-    validation = builders.build_source(data_cfg.name, options, data_dir, "validation")
-    eval_docs = [document_bytes(validation[i]) for i in range(len(validation))]
+    train = _builder_source(data_cfg, patch_size, "train")
+    eval_docs = validation_documents(data_cfg, patch_size)
     train_bytes = None
   windows = eval_windows(eval_docs, seq_len, shuffle_seed=data_cfg.split_seed)
   return ByteData(train=train, eval=windows, train_files=len(train),
