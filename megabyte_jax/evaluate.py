@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from megabyte_jax.data import load_byte_data, load_eval_files, validation_documents
 from megabyte_jax.data.local_files import read_documents, resolve_files
+from megabyte_jax.cli import quiet_logging
 from megabyte_jax.errors import MegabyteError
 from megabyte_jax.scoring import (check_stride, evaluate_windows, make_eval_step,
                                   strided_windows)
@@ -40,8 +41,7 @@ _STRIDE = flags.DEFINE_integer(
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the way
+  quiet_logging()
   del argv
   if not _WORKDIR.value:
     sys.exit("error: --workdir is required (the directory training wrote)")

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from megabyte_jax.cli import quiet_logging
 from megabyte_jax.errors import InputError, MegabyteError
 from megabyte_jax.generation import generate
 from megabyte_jax.workdir import load_trained
@@ -108,8 +109,7 @@ def _write_png(path: str, data: bytes, image: dict) -> None:
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the way
+  quiet_logging()
   del argv
   if not _WORKDIR.value:
     sys.exit("error: --workdir is required (the directory training wrote)")

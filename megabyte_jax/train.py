@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-from absl import app, flags, logging
+from absl import app, flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,7 @@ from megabyte_jax import metrics as metrics_lib
 from megabyte_jax import sampling
 from megabyte_jax import train_state as state_lib
 from megabyte_jax import workdir as workdir_lib
+from megabyte_jax.cli import quiet_logging
 from megabyte_jax.errors import ConfigError, MegabyteError
 from megabyte_jax.losses import LN2, byte_nll
 from megabyte_jax.models import build_model
@@ -248,8 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the way
+  quiet_logging()
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if not _WORKDIR.value:

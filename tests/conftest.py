@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 import sysconfig
 
 import jax
@@ -41,3 +43,17 @@ def corpus(tmp_path):
         os.makedirs(root / package, exist_ok=True)
         shutil.copy(os.path.join(src, name), root / package / name)
   return str(root)
+
+
+def run_module(*args, check=True, text=True):
+  """Runs `python -m ARGS...` from the repo root as a user would; returns the process.
+
+  With `check`, a non-zero exit fails the test with its output.
+  """
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             PYTHONIOENCODING="utf-8")
+  proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
+                        text=text, timeout=600)
+  if check and proc.returncode:
+    raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+  return proc

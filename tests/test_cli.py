@@ -2,23 +2,14 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_module
 
 TINY = os.path.join(REPO, "experiments", "configs", "tiny.py")
 
 
-def _run(*args, check=True):
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600)
-  if check and proc.returncode:
-    raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-  return proc
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +22,7 @@ def trained(tmp_path_factory):
   shutil.copytree(os.path.join(sysconfig.get_paths()["stdlib"], "json"), corpus,
                   ignore=shutil.ignore_patterns("__pycache__"))
   workdir = str(base / "run")
-  out = _run("megabyte_jax.train", f"--config={TINY}", f"--workdir={workdir}",
+  out = run_module("megabyte_jax.train", f"--config={TINY}", f"--workdir={workdir}",
              f"--config.data.files={corpus}", "--config.data.eval_fraction=0.4",
              "--config.train.steps=12", "--noprogress")
   return workdir, str(corpus), out
@@ -53,7 +44,7 @@ def test_train_cli_reports_and_writes_everything(trained):
 
 def test_evaluate_cli_scores_every_byte_of_a_glob(trained):
   workdir, corpus, _ = trained
-  out = _run("megabyte_jax.evaluate", f"--workdir={workdir}",
+  out = run_module("megabyte_jax.evaluate", f"--workdir={workdir}",
              f"--files={os.path.join(corpus, '**', '*.py')}")
   result = json.loads(out.stdout.strip().splitlines()[-1])
   total = sum(os.path.getsize(os.path.join(corpus, f)) for f in os.listdir(corpus)
@@ -63,7 +54,7 @@ def test_evaluate_cli_scores_every_byte_of_a_glob(trained):
 
 def test_evaluate_cli_defaults_to_validation_split(trained):
   workdir, _, _ = trained
-  result = json.loads(_run("megabyte_jax.evaluate", f"--workdir={workdir}").stdout)
+  result = json.loads(run_module("megabyte_jax.evaluate", f"--workdir={workdir}").stdout)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     final = [json.loads(line) for line in f][-1]
   assert result["bytes"] == final["eval_bytes"]
@@ -75,7 +66,7 @@ def test_training_resumes_from_workdir_alone(trained, tmp_path):
   workdir, _, _ = trained
   copy = str(tmp_path / "copy")
   shutil.copytree(workdir, copy)
-  out = _run("megabyte_jax.train", f"--workdir={copy}", "--noprogress")
+  out = run_module("megabyte_jax.train", f"--workdir={copy}", "--noprogress")
   assert "resuming at step 12" in out.stdout and "final eval:" in out.stdout
 
 
@@ -90,7 +81,7 @@ def test_training_resumes_from_workdir_alone(trained, tmp_path):
     (["megabyte_jax.evaluate", "--workdir={tmp}/empty"], "not a training directory"),
 ])
 def test_user_errors_are_one_clear_line(args, message, tmp_path):
-  proc = _run(*[a.format(tmp=tmp_path) for a in args], check=False)
+  proc = run_module(*[a.format(tmp=tmp_path) for a in args], check=False)
   assert proc.returncode != 0
   assert message in proc.stderr
   assert "Traceback" not in proc.stderr
@@ -105,6 +96,6 @@ def test_corrupt_checkpoint_is_reported(trained, tmp_path):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"not a checkpoint")
-  proc = _run("megabyte_jax.evaluate", f"--workdir={copy}", check=False)
+  proc = run_module("megabyte_jax.evaluate", f"--workdir={copy}", check=False)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert "cannot restore the checkpoint of step 12" in proc.stderr

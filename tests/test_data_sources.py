@@ -3,7 +3,6 @@
 import os
 
 import numpy as np
-import pytest
 
 from megabyte_jax.data import load_byte_data, training_batches
 from megabyte_jax.data.codecs import bytes_to_image, image_to_bytes

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_module
 from megabyte_jax import ByteTransformer, ConfigError, InputError, Megabyte, generate
 from megabyte_jax.data import eval_windows
 from megabyte_jax.decoding import decoder_for, state_logical_axes
@@ -301,14 +301,6 @@ def test_strided_evaluation_uses_the_longer_context(megabyte_cfg):
 TINY = os.path.join(REPO, "experiments", "configs", "tiny.py")
 
 
-def _run(*args, check=True, text=True):
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             PYTHONIOENCODING="utf-8")
-  proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
-                        text=text, timeout=600)
-  if check and proc.returncode:
-    raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-  return proc
 
 
 _TINY_STATE = []
@@ -354,14 +346,14 @@ def tiny_run(tmp_path_factory):
 
 def test_sample_cli_prints_and_writes_a_continuation(tiny_run, tmp_path):
   workdir, _ = tiny_run
-  out = _run("megabyte_jax.sample", f"--workdir={workdir}", "--prompt=import ",
+  out = run_module("megabyte_jax.sample", f"--workdir={workdir}", "--prompt=import ",
              "--num_bytes=20", "--temperature=0", text=False)
   printed = out.stdout.decode("utf-8")
   assert printed.startswith("import ") and b"Traceback" not in out.stderr
   target, prompt_file = tmp_path / "out.bin", tmp_path / "prompt.txt"
   prompt_file.write_bytes(b"import ")
   # Past the model's seq_len of 64 with --slide; greedy, so the first 20 bytes are the same.
-  _run("megabyte_jax.sample", f"--workdir={workdir}", f"--prompt_file={prompt_file}",
+  run_module("megabyte_jax.sample", f"--workdir={workdir}", f"--prompt_file={prompt_file}",
        "--num_bytes=70", "--temperature=0", "--slide", f"--output={target}", "--step=4")
   data = target.read_bytes()
   assert len(data) == 77 and data.startswith(b"import ")
@@ -376,7 +368,7 @@ def test_sample_cli_prints_and_writes_a_continuation(tiny_run, tmp_path):
 ])
 def test_sample_cli_errors_are_one_clear_line(args, message, tiny_run):
   workdir, _ = tiny_run
-  proc = _run("megabyte_jax.sample", f"--workdir={workdir}", *args, check=False)
+  proc = run_module("megabyte_jax.sample", f"--workdir={workdir}", *args, check=False)
   assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -390,7 +382,7 @@ def test_sample_cli_writes_a_png_for_an_image_model(order, tmp_path):
   workdir = _write_run(str(tmp_path / "run"), name="image_folder", files=str(tmp_path),
                        image_size=8, channels=1, order=order, **extra)
   target = tmp_path / "out.png"
-  proc = _run("megabyte_jax.sample", f"--workdir={workdir}", "--prompt=", f"--output={target}")
+  proc = run_module("megabyte_jax.sample", f"--workdir={workdir}", "--prompt=", f"--output={target}")
   assert "wrote a 8x8 image" in proc.stderr
   with Image.open(target) as image:
     assert image.size == (8, 8) and image.mode == "L"
@@ -398,12 +390,12 @@ def test_sample_cli_writes_a_png_for_an_image_model(order, tmp_path):
 
 def test_evaluate_cli_stride_scores_the_same_bytes(tiny_run):
   workdir, _ = tiny_run
-  plain = json.loads(_run("megabyte_jax.evaluate", f"--workdir={workdir}").stdout)
-  strided = json.loads(_run("megabyte_jax.evaluate", f"--workdir={workdir}",
+  plain = json.loads(run_module("megabyte_jax.evaluate", f"--workdir={workdir}").stdout)
+  strided = json.loads(run_module("megabyte_jax.evaluate", f"--workdir={workdir}",
                             "--stride=16").stdout)
   assert strided["bytes"] == plain["bytes"] and strided["stride"] == 16
   assert 0 < strided["bpb"] < 9
-  bad = _run("megabyte_jax.evaluate", f"--workdir={workdir}", "--stride=12", check=False)
+  bad = run_module("megabyte_jax.evaluate", f"--workdir={workdir}", "--stride=12", check=False)
   assert bad.returncode != 0 and "multiple of the patch size 8" in bad.stderr
   assert "Traceback" not in bad.stderr
 

@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from megabyte_jax import (ByteTransformer, InputError, Megabyte, MegabyteConfig,
-                          TransformerConfig)
+from megabyte_jax import ByteTransformer, InputError, Megabyte, MegabyteConfig
 from megabyte_jax.flops import model_cost
 
 
