@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from megabyte_jax.decoding import Decoder, decoder_for, unbox_params
+from megabyte_jax.decoding import Decoder, cast_matmul_weights, decoder_for, unbox_params
 from megabyte_jax.errors import InputError
 from megabyte_jax.sampling import check_sampling_options, sample_logits
 
@@ -219,6 +219,7 @@ def _compiled(model_type: type, config: Any, num_bytes: int, temperature: float,
   decoder = decoder_for(model_type(config))
 
   def run(params, prompt, rng, forced):
+    params = cast_matmul_weights(params, decoder.dtype)   # once, not once per byte
     return _decode(decoder, params, prompt, rng, forced, num_bytes=num_bytes,
                    temperature=temperature, top_k=top_k, top_p=top_p, stop_bytes=stop_bytes,
                    collect_logits=teacher_forced)

@@ -16,16 +16,14 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any
 
 from absl import app, flags
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
-import optax
 
 from megabyte_jax import checkpoint as checkpoint_lib
 from megabyte_jax import data as data_lib
@@ -36,43 +34,15 @@ from megabyte_jax import train_state as state_lib
 from megabyte_jax import workdir as workdir_lib
 from megabyte_jax.cli import quiet_logging
 from megabyte_jax.errors import ConfigError, MegabyteError
-from megabyte_jax.losses import LN2, byte_nll
+from megabyte_jax.losses import LN2
 from megabyte_jax.models import build_model
+from megabyte_jax.train_step import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (experiments/configs/NAME.py); optional when "
     "--workdir already holds a run.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, metrics.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
-
-
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
-                    dropout: bool, schedule: Optional[optax.Schedule] = None) -> Callable:
-  """Returns a jitted `(state, tokens) -> (state, metrics)` that donates `state`.
-
-  `tokens` is `[batch, T]` byte ids (uint8 or int32); the loss is the mean next-byte cross-entropy. Dropout keys
-  derive from `(seed, step)`, so a resumed run draws the same masks. Metrics: `loss` (nats
-  per byte), `grad_norm` and, given the learning-rate `schedule`, `lr` of this update.
-  """
-
-  def loss_fn(params, tokens, rng):
-    tokens = tokens.astype(jnp.int32)   # batches arrive as uint8 bytes
-    rngs = {"dropout": rng} if dropout else None
-    logits = model.apply({"params": params}, tokens, deterministic=not dropout, rngs=rngs)
-    return byte_nll(logits, tokens).mean()
-
-  def train_step(state: state_lib.TrainState, tokens: jax.Array):
-    rng = jax.random.fold_in(jax.random.key(seed + 1), state.step)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens, rng)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads)}
-    if schedule is not None:
-      metrics["lr"] = schedule(state.step)
-    return new_state, metrics
-
-  return jax.jit(train_step, donate_argnums=(0,))
 
 
 def _check_train_config(config: ml_collections.ConfigDict) -> None:
@@ -207,12 +177,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         bar.update(window_steps, **postfix)
         window_loss, window_norm, window_steps, timed_steps = [], [], 0, 0
         window_start = time.perf_counter()
+      paused = False
       if step % t.checkpoint_every == 0:
         checkpointer.save(step, state, train_iter)
+        paused = True
       if t.eval_every and t.eval_batches and step % t.eval_every == 0 and step < t.steps:
         quick_eval(step)
-      if step % t.checkpoint_every == 0 or step % max(t.eval_every, 1) == 0:
-        window_start = time.perf_counter()  # keep saving and evaluating out of bytes/s
+        paused = True
+      if paused:   # keep saving and evaluating out of bytes/s: restart the timed window
+        jax.block_until_ready(state)
+        timed_steps, window_start = 0, time.perf_counter()
   except KeyboardInterrupt:
     bar.close()
     checkpointer.save(step, state, train_iter, force=True)

@@ -87,7 +87,7 @@ def test_model_section_errors():
     build_model(section)
 
 
-@pytest.mark.parametrize("name", ["default", "tiny", "transformer"])
+@pytest.mark.parametrize("name", ["default", "tiny", "transformer", "reference"])
 def test_shipped_configs_build(name):
   import importlib.util
   path = os.path.join(REPO, "experiments", "configs", f"{name}.py")
@@ -95,8 +95,14 @@ def test_shipped_configs_build(name):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  build_model(config.model)
+  _, model_cfg = build_model(config.model)
   assert config.data.files == "stdlib"
+  if name == "reference":   # the shared benchmark shape (../shared/bench/README.md)
+    from megabyte_jax.flops import model_cost
+    assert (model_cfg.seq_len, model_cfg.patch_size, model_cfg.global_dim,
+            model_cfg.local_dim, model_cfg.global_layers, model_cfg.local_layers) == (
+                8192, 8, 1024, 512, 12, 6)
+    assert round(model_cost(model_cfg).params / 1e6, 1) == 146.3
 
 
 def test_workdir_config_round_trip_and_model_guard(tmp_path):

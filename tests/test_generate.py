@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, run_module
 from megabyte_jax import ByteTransformer, ConfigError, InputError, Megabyte, generate
 from megabyte_jax.data import eval_windows
-from megabyte_jax.decoding import decoder_for, state_logical_axes
+from megabyte_jax.decoding import cast_matmul_weights, decoder_for, state_logical_axes
 from megabyte_jax.generation import cached_logits
 from megabyte_jax.layers import CACHE_AXES, KVCache
 from megabyte_jax.losses import byte_nll
@@ -106,6 +106,23 @@ def test_cached_logits_bfloat16_are_close(megabyte_cfg):
   full = np.asarray(_apply(model, variables, tokens))[:, 5:]
   cached = np.asarray(cached_logits(model, variables, tokens, 5))
   assert np.abs(cached - full).max() < 0.1
+
+
+@pytest.mark.parametrize("kind", ["megabyte", "transformer"])
+def test_casting_matmul_weights_once_changes_no_logit(kind, megabyte_cfg, transformer_cfg):
+  """The decoder casts matmul kernels to bf16 once; the model casts them at every use, so
+  the bf16 forward pass gives bit-identical logits, and nothing else is cast."""
+  model, variables = _model(kind, megabyte_cfg, transformer_cfg, seed=2)
+  bf16 = type(model)(model.config.replace(dtype="bfloat16"))
+  params = nn.meta.unbox(variables)["params"]
+  cast = cast_matmul_weights(params, jnp.bfloat16)
+  changed = {jax.tree_util.keystr(path) for path, leaf in
+             jax.tree_util.tree_leaves_with_path(cast) if leaf.dtype == jnp.bfloat16}
+  assert changed and all(("_kernel" in p) or ("global_to_local" in p) for p in changed)
+  assert not any("head" in p or "embed" in p or "norm" in p for p in changed)
+  tokens = _prompt(2, 32, seed=4)
+  np.testing.assert_array_equal(np.asarray(bf16.apply({"params": cast}, tokens)),
+                                np.asarray(bf16.apply({"params": params}, tokens)))
 
 
 @pytest.mark.parametrize("kind", ["megabyte", "transformer"])

@@ -166,3 +166,46 @@ def test_windows_are_shuffled_within_chunks_by_seed():
   assert not np.array_equal(plain, mixed)
   assert sorted(map(bytes, plain)) == sorted(map(bytes, mixed))   # a permutation
   np.testing.assert_array_equal(mixed, chunk(1, True))            # fixed by the seed
+
+
+class _CountingSource(InMemorySource):
+  """An in-memory source with batched reads that records the size of every read."""
+
+  def __init__(self, docs):
+    super().__init__(docs)
+    self.reads = []
+
+  def __getitem__(self, index):
+    self.reads.append(1)
+    return super().__getitem__(index)
+
+  def __getitems__(self, indices):
+    self.reads.append(len(indices))
+    return [super(_CountingSource, self).__getitem__(i) for i in indices]
+
+
+def test_documents_are_read_in_blocks_and_reader_threads_change_nothing():
+  docs = _docs(50)
+  source = _CountingSource(docs)
+  plain = iter(training_batches(source, 16, 2, seed=4, prefetch=0, chunk_bytes=320,
+                                read_block=8))
+  reference = _hashes(plain, 40)
+  assert source.reads and all(n == 8 for n in source.reads)    # blocks of 8 documents
+  threaded = iter(training_batches(InMemorySource(docs), 16, 2, seed=4, prefetch=0,
+                                   chunk_bytes=320, read_block=8, read_threads=2))
+  first = _hashes(threaded, 17)
+  state = json.loads(json.dumps(threaded.get_state()))
+  threaded.close()
+  resumed = iter(training_batches(InMemorySource(docs), 16, 2, seed=4, prefetch=0,
+                                  chunk_bytes=320, read_block=8, read_threads=2))
+  resumed.set_state(state)
+  assert first + _hashes(resumed, 23) == reference
+  resumed.close()
+
+
+def test_more_workers_than_documents_is_a_clear_error():
+  dataset = training_batches(InMemorySource(_docs(1)), 8, 1, seed=0, prefetch=0)
+  stream = dataset._parent._parent        # SplitChunks <- PackedBatches <- DocumentStream
+  stream.set_slice(slice(1, None, 2))     # what Grain does for worker 1 of 2
+  with pytest.raises(DataError, match="no documents"):
+    next(iter(dataset))

@@ -1,18 +1,24 @@
 """Training: the step learns, checkpoints round-trip, runs resume exactly."""
 
+import json
+import math
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import REPO
 from megabyte_jax import ByteTransformer, CheckpointError, Megabyte
 from megabyte_jax.checkpoint import Checkpointer
 from megabyte_jax.experiment import base_config
 from megabyte_jax.metrics import read_metrics
-from megabyte_jax.train import make_train_step, train_and_evaluate
+from megabyte_jax.train import train_and_evaluate
+from megabyte_jax.train_step import make_train_step
 from megabyte_jax.train_state import (abstract_train_state, create_train_state, decay_mask,
                                       learning_rate_schedule, make_optimizer)
 from megabyte_jax.workdir import load_trained
@@ -145,3 +151,20 @@ def test_finished_run_can_be_extended(corpus, tmp_path):
   train_and_evaluate(_config(corpus, steps=6), workdir)
   final = train_and_evaluate(_config(corpus, steps=9), workdir)
   assert final["step"] == 9
+
+
+def test_train_throughput_benchmark_runs_on_cpu():
+  """The training benchmark prints one JSON line with the figures BENCHMARKS.md uses."""
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "bench", "train_throughput.py"),
+       "--config=experiments/configs/tiny.py", "--steps=2", "--repeats=2", "--warmup=1"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  (record,) = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+  assert record["what"] == "train_step" and record["model"] == "Megabyte"
+  assert record["bytes_per_step"] == record["batch"] * record["seq_len"] == 4 * 64
+  assert record["step_s_min"] <= record["step_s"] <= record["step_s_max"]
+  assert abs(record["bytes_per_s"] * record["step_s"] / record["bytes_per_step"] - 1) < 1e-3
+  assert record["train_flops_per_byte"] > 0 and 0 <= record["mfu"] < 1
+  assert math.isfinite(record["loss"])

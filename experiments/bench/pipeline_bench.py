@@ -5,9 +5,10 @@
 
 Builds exactly what training builds (`megabyte_jax.data.load_byte_data` +
 `training_batches`: per-host slice, shuffle, packing, prefetch) over the Python standard
-library, then pulls batches as fast as it can for `--seconds` and prints one JSON line:
-source, batch shape, bytes/s, batches/s, and the time to set the source up (for `byte_files`
-the first run includes preparing the array_record files).
+library, then pulls batches as fast as it can: for `--warmup_seconds` untimed (worker
+processes take seconds to start), then for `--seconds`, and prints one JSON line: source,
+batch shape, bytes/s, batches/s, the time to set the source up (for `byte_files` the first
+run includes preparing the array_record files) and the time to the first batch.
 """
 
 import json
@@ -30,7 +31,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 8, "Windows per batch.")
 _SECONDS = flags.DEFINE_float("seconds", 10.0, "How long to pull batches.")
 _READ_THREADS = flags.DEFINE_integer("read_threads", 0, "Document reader threads.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Packing processes (0: one thread).")
-_PREFETCH = flags.DEFINE_integer("prefetch", 4, "Batches prefetched ahead.")
+_PREFETCH = flags.DEFINE_integer("prefetch", 4, "Chunks prefetched ahead (per worker).")
+_WARMUP = flags.DEFINE_float("warmup_seconds", None, "Pull batches this long before timing "
+                             "(default: 1 s, 10 s with worker processes, which start slowly).")
 
 
 def main(argv):
@@ -45,7 +48,12 @@ def main(argv):
   iterator = iter(training_batches(data.train, _SEQ_LEN.value, _BATCH.value, seed=0,
                                    read_threads=_READ_THREADS.value,
                                    prefetch=_PREFETCH.value, workers=_WORKERS.value))
+  start = time.perf_counter()
   next(iterator)
+  first_batch = time.perf_counter() - start
+  warmup = _WARMUP.value if _WARMUP.value is not None else (10.0 if _WORKERS.value else 1.0)
+  while time.perf_counter() - start < warmup:   # steady state: every worker running
+    next(iterator)
   batches, start = 0, time.perf_counter()
   while time.perf_counter() - start < _SECONDS.value:
     next(iterator)
@@ -59,6 +67,7 @@ def main(argv):
       "batch": [_BATCH.value, _SEQ_LEN.value], "bytes_per_s": round(
           batches * _BATCH.value * _SEQ_LEN.value / seconds),
       "batches_per_s": round(batches / seconds, 1), "setup_s": round(setup, 2),
+      "first_batch_s": round(first_batch, 2), "warmup_s": warmup,
       "host": platform.node(), "cpus": os.cpu_count(), "jax": jax.__version__}))
 
 

@@ -1,0 +1,135 @@
+"""Training throughput: bytes/s, MFU and peak memory of the jitted train step.
+
+    python experiments/bench/train_throughput.py --config=experiments/configs/reference.py
+    python experiments/bench/train_throughput.py --config=experiments/configs/default.py \\
+        --config.train.batch_size=256
+    python experiments/bench/train_throughput.py --config=experiments/configs/reference.py \\
+        --peer=.peer/megabyte_pytorch_bench.py --peer_args="--compile"
+
+Times exactly the step `megabyte_jax.train` runs (`train_step.make_train_step`: forward, backward,
+AdamW with clipping, donated state) on random bytes already on the device, so the figure is
+what the model consumes, free of the input pipeline: `--steps` steps per repeat, each repeat
+ended by `block_until_ready`, the median of `--repeats` repeats after `--warmup` steps
+(compilation is reported apart). Prints one JSON line: device, jax version, config,
+parameters, bytes per step, step time, bytes/s, peak device memory, model FLOPs per trained
+byte (`megabyte_jax.flops`) and MFU against `--peak_tflops` (805: the bf16 dense matmul rate
+measured on an H100, see ../shared/bench/README.md).
+
+With `--peer=SCRIPT` it then runs the peer benchmark (MEGABYTE-pytorch, its own Python
+environment through `--peer_pythonpath`) on the same GPU in the same invocation, echoes its
+JSON line and adds our ratio to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from megabyte_jax import train_state as state_lib
+from megabyte_jax.flops import model_cost
+from megabyte_jax.models import build_model
+from megabyte_jax.train_step import make_train_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/reference.py",
+                                          "Experiment config (its model and train sections).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (the median is reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+_PEAK = flags.DEFINE_float("peak_tflops", 805.0, "Matmul peak for MFU, TFLOP/s.")
+_PEER = flags.DEFINE_string("peer", None, "Peer benchmark script to run after ours.")
+_PEER_ARGS = flags.DEFINE_string("peer_args", "", "Arguments for the peer script.")
+_PEER_PATH = flags.DEFINE_string("peer_pythonpath", "/tmp/peer",
+                                 "PYTHONPATH of the peer's own packages.")
+
+
+def peak_memory() -> int | None:
+  """Peak bytes in use on the first device (None where the backend does not say)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def measure(config) -> dict:
+  """Compiles and times the train step of `config`; returns the JSON record."""
+  model, cfg = build_model(config.model)
+  optimizer = state_lib.make_optimizer(config.train)
+  batch, seq_len = int(config.train.batch_size), cfg.seq_len
+  start = time.perf_counter()
+  state = state_lib.create_train_state(model, seq_len, optimizer, jax.random.key(0))
+  dropout = cfg.dropout > 0 or cfg.embed_dropout > 0
+  step = make_train_step(model, optimizer, 0, dropout)
+  rng = np.random.default_rng(0)
+  # A few distinct batches, rotated, so no step reads what the previous one left in cache.
+  batches = [jax.device_put(rng.integers(0, 256, (batch, seq_len), np.uint8))
+             for _ in range(4)]
+  state, metrics = step(state, batches[0])
+  jax.block_until_ready(metrics["loss"])
+  compile_s = time.perf_counter() - start
+  for i in range(_WARMUP.value):
+    state, metrics = step(state, batches[i % 4])
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    for i in range(_STEPS.value):
+      state, metrics = step(state, batches[i % 4])
+    jax.block_until_ready((state, metrics))
+    times.append((time.perf_counter() - start) / _STEPS.value)
+  step_s = statistics.median(times)
+  cost = model_cost(cfg)
+  bytes_per_s = batch * seq_len / step_s
+  tflops = cost.train_flops_per_byte * bytes_per_s / 1e12
+  return {
+      "what": "train_step", "device": jax.devices()[0].device_kind,
+      "backend": jax.default_backend(), "jax": jax.__version__,
+      "python": platform.python_version(), "model": type(model).__name__,
+      "config": cfg.to_dict(), "params": cost.params, "batch": batch, "seq_len": seq_len,
+      "bytes_per_step": batch * seq_len, "step_s": round(step_s, 6),
+      "step_s_min": round(min(times), 6), "step_s_max": round(max(times), 6),
+      "bytes_per_s": round(bytes_per_s), "peak_memory_bytes": peak_memory(),
+      "train_flops_per_byte": round(cost.train_flops_per_byte),
+      "model_tflops": round(tflops, 2), "mfu": round(tflops / _PEAK.value, 4),
+      "peak_tflops": _PEAK.value, "compile_s": round(compile_s, 2),
+      "loss": float(metrics["loss"])}
+
+
+def run_peer(ours: dict) -> None:
+  """Runs the peer script and prints its JSON lines, each with our ratio to it."""
+  env = dict(os.environ, PYTHONPATH=_PEER_PATH.value)
+  cmd = [sys.executable, _PEER.value] + shlex.split(_PEER_ARGS.value)
+  done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+  lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
+  if done.returncode or not lines:
+    print(json.dumps({"what": "peer_error", "cmd": cmd, "returncode": done.returncode,
+                      "stderr_tail": done.stderr[-2000:]}), flush=True)
+    return
+  for line in lines:
+    record = json.loads(line)
+    if record.get("what") == "train" and record.get("bytes_per_s"):
+      record["ours_bytes_per_s"] = ours["bytes_per_s"]
+      record["ratio_ours_to_peer"] = round(ours["bytes_per_s"] / record["bytes_per_s"], 3)
+    print(json.dumps(record), flush=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  ours = measure(_CONFIG.value)
+  print(json.dumps(ours), flush=True)
+  if _PEER.value:
+    run_peer(ours)
+
+
+if __name__ == "__main__":
+  app.run(main)
