@@ -21,8 +21,10 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) -m megabyte_jax.train --config=$(CONFIG) --workdir=$(WORKDIR)
 
+# The sharding tests need 8 emulated CPU devices, set before JAX starts: their own run.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/test_sharding.py
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/test_sharding.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

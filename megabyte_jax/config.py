@@ -25,6 +25,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 _ACTIVATIONS = ("gelu", "relu", "swiglu")
 _NORMS = ("layernorm", "rmsnorm")
 _ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -66,6 +67,10 @@ class _CommonConfig:
     if self.attention_impl not in _ATTENTION_IMPLS:
       raise ConfigError(
           f"attention_impl must be one of {_ATTENTION_IMPLS}, got {self.attention_impl!r}")
+    if self.remat not in REMAT_POLICIES:
+      raise ConfigError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    if not isinstance(self.scan_layers, bool):
+      raise ConfigError(f"scan_layers must be True or False, got {self.scan_layers!r}")
     for name in ("dropout", "embed_dropout"):
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -133,6 +138,13 @@ class MegabyteConfig(_CommonConfig):
     use_bias: biases in dense layers.
     attention_impl: "xla", "cudnn" (fused flash attention; GPU, half precision only) or
       "auto": cuDNN on GPU when the dtype and shapes allow it, XLA otherwise.
+    remat: rematerialization of each transformer block in training: "none" (keep every
+      activation), "full" (keep only block inputs; recompute the rest in the backward
+      pass), "dots" (keep matmul outputs) or "dots_no_batch" (keep matmul outputs without
+      batch dimensions, i.e. weight matmuls, not attention scores). Less memory, more FLOPs.
+    scan_layers: run each stack's blocks with `nn.scan` (one compiled block, stacked
+      parameters with a leading "layers" axis): much faster compiles for deep models; the
+      parameter tree differs (`layers.stack_block_params` converts).
   """
 
   seq_len: int
@@ -157,6 +169,8 @@ class MegabyteConfig(_CommonConfig):
   tie_embeddings: bool = False
   use_bias: bool = True
   attention_impl: str = "auto"
+  remat: str = "none"
+  scan_layers: bool = False
 
   def __post_init__(self):
     self._validate_common()
@@ -219,6 +233,8 @@ class TransformerConfig(_CommonConfig):
   tie_embeddings: bool = False
   use_bias: bool = True
   attention_impl: str = "auto"
+  remat: str = "none"
+  scan_layers: bool = False
 
   def __post_init__(self):
     self._validate_common()

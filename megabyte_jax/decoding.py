@@ -33,8 +33,8 @@ from jax.sharding import PartitionSpec
 
 from megabyte_jax.config import MegabyteConfig, TransformerConfig
 from megabyte_jax.errors import InputError
-from megabyte_jax.layers import (ByteHead, KVCache, TransformerStack, byte_embedding,
-                                 init_stack_cache)
+from megabyte_jax.layers import (CACHE_AXES, ByteHead, KVCache, TransformerStack,
+                                 byte_embedding, init_stack_cache)
 from megabyte_jax.megabyte import Megabyte, global_spec, local_spec
 from megabyte_jax.transformer import ByteTransformer, stack_spec
 
@@ -254,13 +254,17 @@ def decoder_for(model: nn.Module) -> Decoder:
 def state_logical_axes(state: Any) -> Any:
   """Logical axis names for every array of a decoder state, for sharding rules.
 
-  KV caches get `CACHE_AXES` (`activation_batch`, `cache_length`, `heads`, `kv`); other
+  KV caches get `CACHE_AXES` (`activation_batch`, `cache_length`, `heads`, `kv`; after a
+  leading `layers` axis for the stacked caches of `scan_layers` models); other
   arrays (MEGABYTE's current global output) are `activation_batch` followed by unsharded
   axes. Returns a tree of `PartitionSpec`s of logical names, as `nn.get_partition_spec` does
   for parameters: map it onto a mesh with `nn.logical_to_mesh_sharding(spec, mesh, rules)`.
   """
   def axes(x):
     if isinstance(x, KVCache):
+      if x.k.ndim == len(CACHE_AXES) + 1:    # stacked caches of `scan_layers`
+        spec = PartitionSpec("layers", *CACHE_AXES)
+        return KVCache(k=spec, v=spec)
       return KVCache.logical_axes()
     return PartitionSpec("activation_batch", *(None,) * (x.ndim - 1))
   return jax.tree_util.tree_map(axes, state, is_leaf=lambda x: isinstance(x, KVCache))

@@ -99,6 +99,13 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.data.workers = 0                 # packing processes (0: one background thread)
   config.data.chunk_bytes = 2 ** 24       # bytes packed at once; windows mix within a chunk
 
+  # Device mesh (megabyte_jax.sharding): sizes of the data / fsdp / tensor axes; -1 fills the
+  # devices the others leave. Default: pure data parallelism over every device.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.tensor = 1
+
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000
   config.train.batch_size = 16
@@ -110,6 +117,7 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.train.b2 = 0.95
   config.train.eps = 1e-8
   config.train.grad_clip = 1.0            # global norm; 0 disables
+  config.train.grad_accum_steps = 1       # microbatches per update (divides batch_size)
   config.train.log_every = 10
   config.train.eval_every = 200           # quick eval on `eval_batches` batches; 0 disables
   config.train.eval_batches = 8

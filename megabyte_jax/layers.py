@@ -72,8 +72,8 @@ class StackSpec:
 
   Attributes:
     dim: model width. layers, heads, head_dim: stack shape. mlp_ratio: MLP width / dim.
-    activation, norm, dropout, dtype, param_dtype, init_std, use_bias, attention_impl:
-      as in `MegabyteConfig`.
+    activation, norm, dropout, dtype, param_dtype, init_std, use_bias, attention_impl,
+      remat, scan_layers: as in `MegabyteConfig`.
   """
 
   dim: int
@@ -89,6 +89,8 @@ class StackSpec:
   init_std: Optional[float] = None
   use_bias: bool = True
   attention_impl: str = "auto"
+  remat: str = "none"
+  scan_layers: bool = False
 
   @property
   def mlp_dim(self) -> int:
@@ -156,9 +158,13 @@ class KVCache:
     return cls(k=spec, v=spec)
 
 
-def init_stack_cache(spec: "StackSpec", batch: int, max_len: int) -> tuple[KVCache, ...]:
-  """An empty cache for a `TransformerStack` of `spec`: one `KVCache` per layer."""
+def init_stack_cache(spec: "StackSpec", batch: int, max_len: int) -> Any:
+  """An empty cache for a `TransformerStack` of `spec`: one `KVCache` per layer, or with
+  `spec.scan_layers` one `KVCache` whose arrays have a leading layer axis."""
   dtype = resolve_dtype(spec.dtype)
+  if spec.scan_layers:
+    shape = (spec.layers, batch, max_len, spec.heads, spec.head_dim)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
   return tuple(KVCache.zeros(batch, max_len, spec.heads, spec.head_dim, dtype)
                for _ in range(spec.layers))
 
@@ -307,6 +313,37 @@ class Block(nn.Module):
     return x if cache is None else (x, cache)
 
 
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy(name: str) -> Optional[Callable[..., bool]]:
+  """The `jax.checkpoint` policy of a `remat` setting (None for "none")."""
+  return _REMAT_POLICIES.get(name)
+
+
+class _ScanBody(nn.Module):
+  """One block as the body of `nn.scan`: `(x, layer cache) -> (x, new layer cache)`.
+
+  `deterministic` and `prefill` (an empty cache filled from position 0) are attributes so
+  that they stay static inside the scan; a traced `index` is broadcast to every layer.
+  """
+
+  spec: StackSpec
+  deterministic: bool = True
+  prefill: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cache: Optional[KVCache], index: Any = None) -> Any:
+    block = Block(self.spec, name="block")
+    if cache is None:
+      return block(x, self.deterministic), None
+    return block(x, self.deterministic, cache=cache, index=0 if self.prefill else index)
+
+
 class TransformerStack(nn.Module):
   """`spec.layers` causal blocks and a final norm over `[batch, length, dim]`.
 
@@ -316,25 +353,68 @@ class TransformerStack(nn.Module):
   `KVCache` per layer) the input holds positions `index .. index+length-1` only, and the call
   returns `(output, updated cache)`. `index=0` (a Python int) prefills an empty cache with the
   training path's causal attention; a traced `index` continues from the cache.
+
+  `spec.remat` rematerializes each block in training (`remat_policy`); `spec.scan_layers`
+  runs the blocks with `nn.scan` over stacked parameters (`blocks/block/...`, leading axis
+  named "layers") instead of `block_0 .. block_{L-1}`, and the cache has a leading layer axis.
+  Both compute the same function.
   """
 
   spec: StackSpec
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True,
-               cache: Optional[tuple[KVCache, ...]] = None, index: Any = None) -> Any:
+               cache: Optional[Any] = None, index: Any = None) -> Any:
     """Returns `[batch, length, dim]`, or `(that, new caches)` when `cache` is given."""
-    x = x.astype(resolve_dtype(self.spec.dtype))
-    new_cache = []
-    for i in range(self.spec.layers):
-      block = Block(self.spec, name=f"block_{i}")
-      if cache is None:
-        x = block(x, deterministic)
-      else:
-        x, layer_cache = block(x, deterministic, cache=cache[i], index=index)
-        new_cache.append(layer_cache)
-    y = make_norm(self.spec, "final_norm")(x)
-    return y if cache is None else (y, tuple(new_cache))
+    spec = self.spec
+    x = x.astype(resolve_dtype(spec.dtype))
+    policy = remat_policy(spec.remat) if cache is None else None   # decoding keeps nothing
+    if spec.scan_layers:
+      body = _ScanBody
+      if policy is not None:
+        body = nn.remat(_ScanBody, policy=policy, prevent_cse=False)
+      prefill = isinstance(index, int) and index == 0
+      scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True,
+                                                                    "dropout": True},
+                     in_axes=(0, nn.broadcast), length=spec.layers,
+                     metadata_params={nn.PARTITION_NAME: "layers"})
+      x, new_cache = scan(spec, deterministic, prefill, name="blocks")(
+          x, cache, None if prefill else index)
+    else:
+      block_cls = Block
+      if policy is not None:   # argument 2 (after self and x) is the static `deterministic`
+        block_cls = nn.remat(Block, policy=policy, static_argnums=(2,))
+      new_cache = []
+      for i in range(spec.layers):
+        block = block_cls(spec, name=f"block_{i}")
+        if cache is None:
+          x = block(x, deterministic)
+        else:
+          x, layer_cache = block(x, deterministic, cache=cache[i], index=index)
+          new_cache.append(layer_cache)
+      new_cache = tuple(new_cache)
+    y = make_norm(spec, "final_norm")(x)
+    return y if cache is None else (y, new_cache)
+
+
+def stack_block_params(stack_params: Any, layers: int) -> Any:
+  """Converts a stack's parameters from `block_0 .. block_{L-1}` to the stacked layout of
+  `scan_layers=True` (`blocks/block/...` with a leading layer axis); other entries (the final
+  norm) are kept."""
+  blocks = [stack_params[f"block_{i}"] for i in range(layers)]
+  out = {k: v for k, v in stack_params.items() if not k.startswith("block_")}
+  out["blocks"] = {"block": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *blocks)}
+  return out
+
+
+def unstack_block_params(stack_params: Any) -> Any:
+  """The inverse of `stack_block_params`: stacked `blocks/block/...` to `block_i`."""
+  stacked = stack_params["blocks"]["block"]
+  layers = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+  out = {k: v for k, v in stack_params.items() if k != "blocks"}
+  for i in range(layers):
+    out[f"block_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+  return out
 
 
 def byte_embedding(dim: int, init_std: Optional[float], dtype: Any, param_dtype: Any,

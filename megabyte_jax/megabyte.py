@@ -27,7 +27,8 @@ def local_spec(cfg: MegabyteConfig) -> StackSpec:
 def _shared(cfg) -> dict:
   return dict(mlp_ratio=cfg.mlp_ratio, activation=cfg.activation, norm=cfg.norm,
               dropout=cfg.dropout, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-              init_std=cfg.init_std, use_bias=cfg.use_bias, attention_impl=cfg.attention_impl)
+              init_std=cfg.init_std, use_bias=cfg.use_bias, attention_impl=cfg.attention_impl,
+              remat=cfg.remat, scan_layers=cfg.scan_layers)
 
 
 class Megabyte(nn.Module):

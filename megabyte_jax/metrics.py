@@ -24,19 +24,26 @@ class MetricWriter:
 
   Each `write(step, metrics)` produces one JSON line `{"step": step, **metrics}`; numeric
   values also become TensorBoard scalars. Appending means a resumed run continues the file.
+  With `enabled=False` (every process but the first of a multi-host run) it writes nothing.
   """
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str, tensorboard: bool = True, enabled: bool = True):
+    self.enabled = enabled
+    self._file: Optional[Any] = None
+    self._tb: Optional[Any] = None
+    if not enabled:
+      return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, METRICS_FILE)
     self._file = open(self.path, "a", encoding="utf-8")
-    self._tb: Optional[Any] = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Records `metrics` at `step` (one JSON line; numeric values also to TensorBoard)."""
+    if not self.enabled:
+      return
     record = {"step": int(step)}
     record.update({k: _plain(v) for k, v in metrics.items()})
     self._file.write(json.dumps(record) + "\n")
@@ -49,7 +56,8 @@ class MetricWriter:
 
   def close(self) -> None:
     """Flushes and closes both outputs."""
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
 

@@ -20,7 +20,6 @@ from typing import Any
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -36,13 +35,18 @@ from megabyte_jax.cli import quiet_logging
 from megabyte_jax.errors import ConfigError, MegabyteError
 from megabyte_jax.losses import LN2
 from megabyte_jax.models import build_model
-from megabyte_jax.train_step import make_train_step
+from megabyte_jax import sharding as sharding_lib
+from megabyte_jax.train_step import make_train_step, mesh_context
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (experiments/configs/NAME.py); optional when "
     "--workdir already holds a run.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, metrics.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", None, "Call jax.distributed.initialize() before training (multi-host "
+    "runs). Default: when the environment asks for it (JAX_COORDINATOR_ADDRESS, a multi-host "
+    "TPU slice, SLURM).")
 
 
 def _check_train_config(config: ml_collections.ConfigDict) -> None:
@@ -58,11 +62,13 @@ def _check_train_config(config: ml_collections.ConfigDict) -> None:
 
 
 class _Progress:
-  """A tqdm bar (or nothing) showing step, bytes/s and train bpb."""
+  """A tqdm bar (or plain lines) showing step, bytes/s and train bpb; silent when not
+  `enabled` (every process but the first of a multi-host run)."""
 
-  def __init__(self, enabled: bool, start: int, total: int):
+  def __init__(self, bar: bool, start: int, total: int, enabled: bool = True):
     self._bar = None
-    if enabled:
+    self._enabled = enabled
+    if bar and enabled:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
                        file=sys.stderr)
@@ -76,7 +82,7 @@ class _Progress:
   def write(self, line: str) -> None:
     if self._bar is not None:
       self._bar.write(line)
-    else:
+    elif self._enabled:
       print(line, flush=True)
 
   def close(self) -> None:
@@ -88,19 +94,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        progress: bool = False) -> dict:
   """Runs (or resumes) training in `workdir`; returns the final metrics.
 
-  Returns a dict with `step`, `eval_bpb` and `eval_bytes` (when `train.final_eval`) and
-  `sample` (the generated continuation as text, when `sample.num_bytes > 0`).
+  Returns a dict with `step`, `params`, `train_bpb` (of the last logged window),
+  `eval_bpb` and `eval_bytes` (when `train.final_eval`) and `sample` (the generated
+  continuation as text, when `sample.num_bytes > 0`).
+
+  Runs unchanged on one device, a mesh of local devices or several processes
+  (`config.mesh`; call `sharding.maybe_initialize_distributed()` first, as the CLI does):
+  every process feeds its own share of the batch, and only process 0 writes the config,
+  metrics and progress.
   """
   config = workdir_lib.resolve_config(workdir, config)
   _check_train_config(config)
   model, model_cfg = build_model(config.model)
+  is_main = jax.process_index() == 0          # logs, metrics and config from one process
+  mesh = sharding_lib.make_mesh(config.get("mesh"))
+  sharding_lib.check_model_fits_mesh(model_cfg, mesh)
+  data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   data = data_lib.load_byte_data(config.data, model_cfg.seq_len, model_cfg.patch_size)
-  workdir_lib.save_config(workdir, config)
+  if is_main:
+    workdir_lib.save_config(workdir, config)
 
   t = config.train
   if t.batch_size % jax.process_count():
     raise ConfigError(f"train.batch_size={t.batch_size} must be a multiple of the number of "
                       f"hosts ({jax.process_count()})")
+  if t.batch_size % data_shards:
+    raise ConfigError(f"train.batch_size={t.batch_size} must be a multiple of the mesh's "
+                      f"data x fsdp size ({data_shards}, mesh {dict(mesh.shape)})")
+  grad_accum = int(t.get("grad_accum_steps", 1))
+  if t.batch_size % grad_accum or (t.batch_size // grad_accum) % data_shards:
+    raise ConfigError(f"train.batch_size={t.batch_size} must split into "
+                      f"train.grad_accum_steps={grad_accum} microbatches that are each a "
+                      f"multiple of the mesh's data x fsdp size ({data_shards})")
   dataset = data_lib.training_batches(
       data.train, model_cfg.seq_len, t.batch_size // jax.process_count(), seed=config.seed,
       separator=None if config.data.separator in (None, -1) else config.data.separator,
@@ -112,41 +137,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   optimizer = state_lib.make_optimizer(t)
   checkpointer = checkpoint_lib.Checkpointer(workdir, save_every=1, keep=t.keep_checkpoints)
   start = checkpointer.latest_step()
-  if start is None:
-    state = state_lib.create_train_state(model, model_cfg.seq_len, optimizer,
-                                         jax.random.key(config.seed))
-    start = 0
-  else:
-    state = checkpointer.restore(
-        state_lib.abstract_train_state(model, model_cfg.seq_len, optimizer), start,
-        data_iterator=train_iter)
+  state_sharding = state_lib.state_shardings(model, model_cfg.seq_len, optimizer, mesh)
+  with mesh_context(mesh):
+    if start is None:
+      state = state_lib.create_train_state(model, model_cfg.seq_len, optimizer,
+                                           jax.random.key(config.seed), state_sharding)
+      start = 0
+    else:   # restored straight into this mesh's layout, whatever mesh wrote it
+      state = checkpointer.restore(
+          state_lib.abstract_train_state(model, model_cfg.seq_len, optimizer, state_sharding),
+          start, data_iterator=train_iter)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
   dropout = model_cfg.dropout > 0 or model_cfg.embed_dropout > 0
   train_step = make_train_step(model, optimizer, config.seed, dropout,
-                               state_lib.learning_rate_schedule(t))
+                               state_lib.learning_rate_schedule(t), grad_accum_steps=grad_accum,
+                               mesh=mesh, state_sharding=state_sharding)
+  batch_sharding = sharding_lib.batch_sharding(mesh)
   eval_step = evaluate_lib.make_eval_step(model)
-  writer = metrics_lib.MetricWriter(workdir, tensorboard=t.tensorboard)
-  bar = _Progress(progress, start, t.steps)
+  writer = metrics_lib.MetricWriter(workdir, tensorboard=t.tensorboard, enabled=is_main)
+  bar = _Progress(progress and is_main, start, t.steps, enabled=is_main)
   train_bytes = f"{data.train_bytes:,} training bytes from " if data.train_bytes else ""
   bar.write(f"{type(model).__name__}: {num_params / 1e6:.2f}M parameters; data: "
             f"{train_bytes}{data.train_files} training documents, "
             f"{data.eval.num_bytes:,} validation bytes from {data.eval_files} documents; "
             + (f"resuming at step {start}" if start else "starting at step 0")
-            + f" of {t.steps}; workdir {workdir}")
+            + f" of {t.steps}; workdir {workdir}; mesh {dict(mesh.shape)} over "
+            f"{jax.device_count()} {jax.default_backend()} device(s), "
+            f"{jax.process_count()} process(es)")
 
   def quick_eval(step: int) -> None:
-    result = evaluate_lib.evaluate_windows(eval_step, state.params, data.eval,
-                                           config.eval.batch_size,
-                                           limit=t.eval_batches * config.eval.batch_size)
+    with mesh_context(mesh):
+      result = evaluate_lib.evaluate_windows(eval_step, state.params, data.eval,
+                                             config.eval.batch_size,
+                                             limit=t.eval_batches * config.eval.batch_size)
     writer.write(step, {"eval_bpb": result["bpb"], "eval_bytes": result["bytes"]})
     bar.write(f"step {step}: eval_bpb {result['bpb']:.4f} ({result['bytes']:,} bytes)")
 
   step = start
   window_loss, window_norm, window_steps, lr = [], [], 0, None
+  last_train_bpb = None
   window_start = time.perf_counter()
   try:
     while step < t.steps:
-      state, step_metrics = train_step(state, jnp.asarray(next(train_iter)))
+      state, step_metrics = train_step(
+          state, sharding_lib.shard_batch(next(train_iter), batch_sharding))
       step += 1
       window_loss.append(step_metrics["loss"])
       window_norm.append(step_metrics["grad_norm"])
@@ -164,6 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if not math.isfinite(loss):
           raise FloatingPointError(f"training loss became {loss} at step {step}; the last "
                                    f"checkpoint is step {checkpointer.latest_step()}")
+        last_train_bpb = loss / LN2
         record = {"train_bpb": loss / LN2,
                   "grad_norm": float(np.mean(jax.device_get(window_norm))),
                   "lr": float(lr)}
@@ -203,14 +238,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_iter.close()
 
   final: dict[str, Any] = {"step": step, "params": num_params}
+  if last_train_bpb is not None:
+    final["train_bpb"] = last_train_bpb
   if t.final_eval:
-    result = evaluate_lib.evaluate_windows(eval_step, state.params, data.eval,
-                                           config.eval.batch_size)
+    with mesh_context(mesh):
+      result = evaluate_lib.evaluate_windows(eval_step, state.params, data.eval,
+                                             config.eval.batch_size)
     writer.write(step, {"eval_bpb": result["bpb"], "eval_bytes": result["bytes"],
                         "final": True})
     final.update(eval_bpb=result["bpb"], eval_bytes=result["bytes"])
-    print(f"final eval: {result['bpb']:.4f} bits/byte over {result['bytes']:,} validation "
-          f"bytes (step {step}, {result['seconds']:.0f} s)", flush=True)
+    if is_main:
+      print(f"final eval: {result['bpb']:.4f} bits/byte over {result['bytes']:,} validation "
+            f"bytes (step {step}, {result['seconds']:.0f} s)", flush=True)
   writer.close()
   if config.sample.num_bytes > 0:
     prompt = np.frombuffer(config.sample.prompt.encode("utf-8"), np.uint8)
@@ -218,12 +257,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         model, {"params": state.params}, prompt, config.sample.num_bytes,
         jax.random.key(config.seed + 2), config.sample.temperature, config.sample.top_k)
     final["sample"] = bytes(text).decode("utf-8", errors="replace")
-    print("sample:\n" + final["sample"], flush=True)
+    if is_main:
+      print("sample:\n" + final["sample"], flush=True)
   return final
 
 
 def main(argv):
   quiet_logging()
+  # Multi-host runs: before any device use.
+  sharding_lib.maybe_initialize_distributed(force=_DISTRIBUTED.value)
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if not _WORKDIR.value:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import flax.linen as nn
@@ -63,6 +63,32 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
   return adamw
 
 
+def boxed_abstract_params(model: nn.Module, seq_len: int) -> Any:
+  """Shapes and dtypes of the parameters, still boxed with their logical axis names."""
+  return jax.eval_shape(
+      lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32)),
+      jax.random.key(0))["params"]
+
+
+def state_shardings(model: nn.Module, seq_len: int, optimizer: optax.GradientTransformation,
+                    mesh: jax.sharding.Mesh, rules: Any = None) -> TrainState:
+  """`NamedSharding`s for every array of the `TrainState` on `mesh`.
+
+  Parameters follow the logical-axis rules (`megabyte_jax.sharding.LOGICAL_RULES` unless
+  `rules` is given); the optimizer's per-parameter statistics (Adam's moments) are sharded
+  like their parameters; the step and other scalars are replicated.
+  """
+  from megabyte_jax import sharding as sharding_lib   # pylint: disable=g-import-not-at-top
+  rules = sharding_lib.LOGICAL_RULES if rules is None else rules
+  boxed = boxed_abstract_params(model, seq_len)
+  params = sharding_lib.param_shardings(boxed, mesh, rules)
+  abstract_opt = jax.eval_shape(optimizer.init, nn.meta.unbox(boxed))
+  replicated = sharding_lib.replicated(mesh)
+  opt_state = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, params,
+                                    transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, params=params, opt_state=opt_state)
+
+
 def init_params(model: nn.Module, seq_len: int, rng: jax.Array) -> Any:
   """Initializes `model` on a `[1, seq_len]` dummy batch; returns plain (unboxed) params."""
   variables = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))
@@ -70,19 +96,27 @@ def init_params(model: nn.Module, seq_len: int, rng: jax.Array) -> Any:
 
 
 def create_train_state(model: nn.Module, seq_len: int, optimizer: optax.GradientTransformation,
-                       rng: jax.Array) -> TrainState:
-  """A fresh `TrainState` at step 0 (built in one jitted computation)."""
+                       rng: jax.Array, shardings: Optional[TrainState] = None) -> TrainState:
+  """A fresh `TrainState` at step 0, built in one jitted computation; with `shardings`
+  (`state_shardings(...)`) every array is created directly in its shards."""
 
   def create(rng):
     params = init_params(model, seq_len, rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params))
 
-  return jax.jit(create)(rng)
+  return jax.jit(create, out_shardings=shardings)(rng)
 
 
 def abstract_train_state(model: nn.Module, seq_len: int,
-                         optimizer: optax.GradientTransformation) -> TrainState:
-  """The shapes and dtypes of `create_train_state(...)`, without allocating it (for restore)."""
-  return jax.eval_shape(
+                         optimizer: optax.GradientTransformation,
+                         shardings: Optional[TrainState] = None) -> TrainState:
+  """The shapes and dtypes of `create_train_state(...)`, without allocating it (for restore);
+  with `shardings`, each leaf also carries its target sharding, so a checkpoint restores
+  straight into that layout (whatever mesh wrote it)."""
+  shapes = jax.eval_shape(
       lambda rng: create_train_state(model, seq_len, optimizer, rng), jax.random.key(0))
+  if shardings is None:
+    return shapes
+  return jax.tree_util.tree_map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)

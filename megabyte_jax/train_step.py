@@ -1,26 +1,67 @@
-"""The jitted training step: loss, gradients and the optimizer update of a `TrainState`."""
+"""The jitted training step: loss, gradients and the optimizer update of a `TrainState`.
+
+One function serves one CPU, one GPU and any mesh: given a `Mesh`, the step is `jax.jit`
+with explicit input and output shardings (the state's from `train_state.state_shardings`,
+the batch split over the data axes), traced under the logical-axis rules of
+`megabyte_jax.sharding`, so the model's activation constraints and parameter layouts
+follow the one rules table. Gradient accumulation splits the batch into microbatches
+inside the step (a `lax.scan`), so memory holds one microbatch's activations.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import contextlib
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from megabyte_jax import sharding as sharding_lib
 from megabyte_jax import train_state as state_lib
+from megabyte_jax.errors import ConfigError
 from megabyte_jax.losses import byte_nll
 
 
+def mesh_context(mesh: Optional[jax.sharding.Mesh],
+                 rules: Sequence[tuple[str, Any]] = sharding_lib.LOGICAL_RULES):
+  """A context in which `mesh` is the current mesh and `rules` map logical axis names
+  (a no-op context without a mesh)."""
+  if mesh is None:
+    return contextlib.nullcontext()
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.set_mesh(mesh))
+  stack.enter_context(nn.logical_axis_rules(rules))
+  return stack
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
-                    dropout: bool, schedule: Optional[optax.Schedule] = None) -> Callable:
+                    dropout: bool, schedule: Optional[optax.Schedule] = None, *,
+                    grad_accum_steps: int = 1,
+                    mesh: Optional[jax.sharding.Mesh] = None,
+                    state_sharding: Optional[state_lib.TrainState] = None,
+                    rules: Sequence[tuple[str, Any]] = sharding_lib.LOGICAL_RULES
+                    ) -> Callable:
   """Returns a jitted `(state, tokens) -> (state, metrics)` that donates `state`.
 
-  `tokens` is `[batch, T]` byte ids (uint8 or int32); the loss is the mean next-byte cross-entropy. Dropout keys
-  derive from `(seed, step)`, so a resumed run draws the same masks. Metrics: `loss` (nats
-  per byte), `grad_norm` and, given the learning-rate `schedule`, `lr` of this update.
+  `tokens` is `[batch, T]` byte ids (uint8 or int32); the loss is the mean next-byte
+  cross-entropy. Dropout keys derive from `(seed, step)` (and the microbatch), so a resumed
+  run draws the same masks. Metrics: `loss` (nats per byte), `grad_norm` and, given the
+  learning-rate `schedule`, `lr` of this update.
+
+  Args:
+    grad_accum_steps: microbatches per update (must divide the batch); the update equals
+      the one of the whole batch, up to float rounding.
+    mesh, state_sharding: shard the step over `mesh`: the state in `state_sharding` (from
+      `train_state.state_shardings`), the batch split over the data axes, metrics
+      replicated. Without a mesh the step runs wherever its inputs are.
+    rules: logical-axis rules (default: `sharding.LOGICAL_RULES`).
   """
+  if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) \
+      or grad_accum_steps < 1:
+    raise ConfigError(f"train.grad_accum_steps must be a positive integer, got "
+                      f"{grad_accum_steps!r}")
 
   def loss_fn(params, tokens, rng):
     tokens = tokens.astype(jnp.int32)   # batches arrive as uint8 bytes
@@ -28,9 +69,38 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
     logits = model.apply({"params": params}, tokens, deterministic=not dropout, rngs=rngs)
     return byte_nll(logits, tokens).mean()
 
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def accumulated(params, tokens, rng):
+    """Mean loss and gradients over `grad_accum_steps` equal microbatches."""
+    batch, length = tokens.shape
+    if batch % grad_accum_steps:
+      raise ConfigError(f"the batch of {batch} rows cannot be split into "
+                        f"train.grad_accum_steps={grad_accum_steps} equal microbatches")
+    # Row r goes to microbatch r % steps: every data shard holds rows of every microbatch.
+    micro = tokens.reshape(batch // grad_accum_steps, grad_accum_steps, length).swapaxes(0, 1)
+
+    def body(carry, xs):
+      loss_sum, grad_sum = carry
+      i, rows = xs
+      rows = nn.with_logical_constraint(rows, ("activation_batch", None))
+      loss, grads = grad_fn(params, rows, jax.random.fold_in(rng, i))
+      grad_sum = jax.tree_util.tree_map(lambda a, g: a + g.astype(a.dtype), grad_sum, grads)
+      return (loss_sum + loss, grad_sum), None
+
+    zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    (loss_sum, grad_sum), _ = jax.lax.scan(
+        body, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(grad_accum_steps), micro))
+    scale = 1.0 / grad_accum_steps
+    grads = jax.tree_util.tree_map(lambda g, p: (g * scale).astype(p.dtype), grad_sum, params)
+    return loss_sum * scale, grads
+
   def train_step(state: state_lib.TrainState, tokens: jax.Array):
     rng = jax.random.fold_in(jax.random.key(seed + 1), state.step)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens, rng)
+    if grad_accum_steps == 1:
+      loss, grads = grad_fn(state.params, tokens, rng)
+    else:
+      loss, grads = accumulated(state.params, tokens, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -39,4 +109,17 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
       metrics["lr"] = schedule(state.step)
     return new_state, metrics
 
-  return jax.jit(train_step, donate_argnums=(0,))
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=(0,))
+  if state_sharding is None:
+    raise ValueError("make_train_step: a mesh needs the state's shardings (state_sharding)")
+  replicated = sharding_lib.replicated(mesh)
+  jitted = jax.jit(train_step, donate_argnums=(0,),
+                   in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh, rules)),
+                   out_shardings=(state_sharding, replicated))
+
+  def step(state, tokens):
+    with mesh_context(mesh, rules):
+      return jitted(state, tokens)
+
+  return step

@@ -17,7 +17,8 @@ def stack_spec(cfg: TransformerConfig) -> StackSpec:
                    head_dim=cfg.attention_head_dim, mlp_ratio=cfg.mlp_ratio,
                    activation=cfg.activation, norm=cfg.norm, dropout=cfg.dropout,
                    dtype=cfg.dtype, param_dtype=cfg.param_dtype, init_std=cfg.init_std,
-                   use_bias=cfg.use_bias, attention_impl=cfg.attention_impl)
+                   use_bias=cfg.use_bias, attention_impl=cfg.attention_impl,
+                   remat=cfg.remat, scan_layers=cfg.scan_layers)
 
 
 class ByteTransformer(nn.Module):

@@ -70,13 +70,26 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
   return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
 
 
+# Model fields that change how the model computes, not what its checkpoints hold: a resumed
+# run may change them (e.g. turn on rematerialization to fit a bigger batch).
+RUNTIME_MODEL_FIELDS = ("remat", "attention_impl", "dtype", "dropout", "embed_dropout")
+
+
+def _checkpoint_fields(model_section: ml_collections.ConfigDict) -> dict:
+  """A model section with defaults filled in and the runtime-only fields dropped."""
+  _, model_cfg = build_model(model_section)
+  values = dict(model_cfg.to_dict(), kind=model_section.kind)
+  return {k: v for k, v in values.items() if k not in RUNTIME_MODEL_FIELDS}
+
+
 def resolve_config(workdir: str, config: Optional[ml_collections.ConfigDict]
                    ) -> ml_collections.ConfigDict:
   """The config a training run in `workdir` should use.
 
   With no `config`, the one saved in `workdir` (resuming a run needs only `--workdir`).
   With a `config` and a saved one, the model section must match (the checkpoints hold that
-  model); other sections may change, e.g. more `train.steps` to extend a finished run.
+  model) except for `RUNTIME_MODEL_FIELDS`; other sections may change, e.g. more
+  `train.steps` to extend a finished run, or another mesh.
 
   Raises:
     ConfigError: no config anywhere, or a model that differs from the saved run's.
@@ -85,7 +98,7 @@ def resolve_config(workdir: str, config: Optional[ml_collections.ConfigDict]
     return load_config(workdir)
   if os.path.exists(config_path(workdir)):
     saved = load_config(workdir)
-    changed = _diff(saved.model.to_dict(), config.model.to_dict(), "model")
+    changed = _diff(_checkpoint_fields(saved.model), _checkpoint_fields(config.model), "model")
     if changed:
       raise ConfigError(
           f"{workdir!r} holds a run of a different model ({'; '.join(changed)}); use a new "

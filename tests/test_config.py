@@ -87,7 +87,7 @@ def test_model_section_errors():
     build_model(section)
 
 
-@pytest.mark.parametrize("name", ["default", "tiny", "transformer", "reference"])
+@pytest.mark.parametrize("name", ["default", "tiny", "transformer", "reference", "long_64k", "long_1m"])
 def test_shipped_configs_build(name):
   import importlib.util
   path = os.path.join(REPO, "experiments", "configs", f"{name}.py")

@@ -10,14 +10,17 @@ Times exactly the step `megabyte_jax.train` runs (`train_step.make_train_step`: 
 AdamW with clipping, donated state) on random bytes already on the device, so the figure is
 what the model consumes, free of the input pipeline: `--steps` steps per repeat, each repeat
 ended by `block_until_ready`, the median of `--repeats` repeats after `--warmup` steps
-(compilation is reported apart). Prints one JSON line: device, jax version, config,
-parameters, bytes per step, step time, bytes/s, peak device memory, model FLOPs per trained
-byte (`megabyte_jax.flops`) and MFU against `--peak_tflops` (805: the bf16 dense matmul rate
-measured on an H100, see ../shared/bench/README.md).
+(compilation is reported apart). The step runs on the config's mesh (`--config.mesh.data=2`,
+`--config.mesh.fsdp=-1`, ...; default: data parallel over every device). Prints one JSON
+line: device, device count, mesh, jax version, config, parameters, bytes per step, step
+time, bytes/s, peak memory of the first device, model FLOPs per trained byte
+(`megabyte_jax.flops`) and MFU against `--peak_tflops` per device (805: the bf16 dense matmul
+rate measured on an H100, see ../shared/bench/README.md).
 
-With `--peer=SCRIPT` it then runs the peer benchmark (MEGABYTE-pytorch, its own Python
-environment through `--peer_pythonpath`) on the same GPU in the same invocation, echoes its
-JSON line and adds our ratio to it.
+With `--peer=SCRIPT` it first runs the peer benchmark (MEGABYTE-pytorch, its own Python
+environment through `--peer_pythonpath`) on the same GPU in the same invocation (first, so
+that neither holds memory the other needs), then ours, and prints the peer's JSON lines
+after ours with our ratio added.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
+from megabyte_jax import sharding
 from megabyte_jax import train_state as state_lib
 from megabyte_jax.flops import model_cost
 from megabyte_jax.models import build_model
-from megabyte_jax.train_step import make_train_step
+from megabyte_jax.train_step import make_train_step, mesh_context
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/reference.py",
                                           "Experiment config (its model and train sections).")
@@ -61,18 +65,25 @@ def peak_memory() -> int | None:
 
 
 def measure(config) -> dict:
-  """Compiles and times the train step of `config`; returns the JSON record."""
+  """Compiles and times the train step of `config` on its mesh; returns the JSON record."""
   model, cfg = build_model(config.model)
   optimizer = state_lib.make_optimizer(config.train)
   batch, seq_len = int(config.train.batch_size), cfg.seq_len
+  mesh = sharding.make_mesh(config.get("mesh"))
+  sharding.check_model_fits_mesh(cfg, mesh)
   start = time.perf_counter()
-  state = state_lib.create_train_state(model, seq_len, optimizer, jax.random.key(0))
+  shardings = state_lib.state_shardings(model, seq_len, optimizer, mesh)
+  with mesh_context(mesh):
+    state = state_lib.create_train_state(model, seq_len, optimizer, jax.random.key(0),
+                                         shardings)
   dropout = cfg.dropout > 0 or cfg.embed_dropout > 0
-  step = make_train_step(model, optimizer, 0, dropout)
+  step = make_train_step(model, optimizer, 0, dropout, mesh=mesh, state_sharding=shardings,
+                         grad_accum_steps=int(config.train.get("grad_accum_steps", 1)))
   rng = np.random.default_rng(0)
   # A few distinct batches, rotated, so no step reads what the previous one left in cache.
-  batches = [jax.device_put(rng.integers(0, 256, (batch, seq_len), np.uint8))
-             for _ in range(4)]
+  batch_sharding = sharding.batch_sharding(mesh)
+  batches = [sharding.shard_batch(rng.integers(0, 256, (batch, seq_len), np.uint8),
+                                  batch_sharding) for _ in range(4)]
   state, metrics = step(state, batches[0])
   jax.block_until_ready(metrics["loss"])
   compile_s = time.perf_counter() - start
@@ -90,45 +101,47 @@ def measure(config) -> dict:
   cost = model_cost(cfg)
   bytes_per_s = batch * seq_len / step_s
   tflops = cost.train_flops_per_byte * bytes_per_s / 1e12
+  devices = jax.device_count()
   return {
       "what": "train_step", "device": jax.devices()[0].device_kind,
+      "devices": devices, "mesh": dict(mesh.shape),
       "backend": jax.default_backend(), "jax": jax.__version__,
       "python": platform.python_version(), "model": type(model).__name__,
       "config": cfg.to_dict(), "params": cost.params, "batch": batch, "seq_len": seq_len,
+      "grad_accum_steps": int(config.train.get("grad_accum_steps", 1)),
       "bytes_per_step": batch * seq_len, "step_s": round(step_s, 6),
       "step_s_min": round(min(times), 6), "step_s_max": round(max(times), 6),
       "bytes_per_s": round(bytes_per_s), "peak_memory_bytes": peak_memory(),
       "train_flops_per_byte": round(cost.train_flops_per_byte),
-      "model_tflops": round(tflops, 2), "mfu": round(tflops / _PEAK.value, 4),
+      "model_tflops": round(tflops, 2), "mfu": round(tflops / (_PEAK.value * devices), 4),
       "peak_tflops": _PEAK.value, "compile_s": round(compile_s, 2),
       "loss": float(metrics["loss"])}
 
 
-def run_peer(ours: dict) -> None:
-  """Runs the peer script and prints its JSON lines, each with our ratio to it."""
+def run_peer() -> list[dict]:
+  """Runs the peer script (before JAX takes the GPU) and returns its JSON records."""
   env = dict(os.environ, PYTHONPATH=_PEER_PATH.value)
   cmd = [sys.executable, _PEER.value] + shlex.split(_PEER_ARGS.value)
   done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
   if done.returncode or not lines:
-    print(json.dumps({"what": "peer_error", "cmd": cmd, "returncode": done.returncode,
-                      "stderr_tail": done.stderr[-2000:]}), flush=True)
-    return
-  for line in lines:
-    record = json.loads(line)
-    if record.get("what") == "train" and record.get("bytes_per_s"):
-      record["ours_bytes_per_s"] = ours["bytes_per_s"]
-      record["ratio_ours_to_peer"] = round(ours["bytes_per_s"] / record["bytes_per_s"], 3)
-    print(json.dumps(record), flush=True)
+    return [{"what": "peer_error", "cmd": cmd, "returncode": done.returncode,
+             "stderr_tail": done.stderr[-2000:]}]
+  return [json.loads(line) for line in lines]
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  # The peer runs first, in its own process: JAX keeps the GPU memory it takes until exit.
+  peer = run_peer() if _PEER.value else []
   ours = measure(_CONFIG.value)
   print(json.dumps(ours), flush=True)
-  if _PEER.value:
-    run_peer(ours)
+  for record in peer:
+    if record.get("what") == "train" and record.get("bytes_per_s"):
+      record["ours_bytes_per_s"] = ours["bytes_per_s"]
+      record["ratio_ours_to_peer"] = round(ours["bytes_per_s"] / record["bytes_per_s"], 3)
+    print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,293 @@
+"""Sharding over device meshes (8 emulated CPU devices), multi-process runs, memory levers.
+
+The mesh tests need 8 CPU devices, which must be requested before JAX starts:
+`XLA_FLAGS=--xla_force_host_platform_device_count=8 pytest tests/test_sharding.py`
+(`make test` runs this file that way, and the rest of the suite on one device).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from conftest import REPO
+from megabyte_jax import ByteTransformer, ConfigError, Megabyte
+from megabyte_jax import sharding
+from megabyte_jax import train_state as state_lib
+from megabyte_jax.checkpoint import Checkpointer
+from megabyte_jax.experiment import base_config
+from megabyte_jax.layers import stack_block_params
+from megabyte_jax.train import train_and_evaluate
+from megabyte_jax.train_step import make_train_step
+from megabyte_jax.workdir import resolve_config, save_config
+
+CPUS = jax.devices("cpu")
+needs_8 = pytest.mark.skipif(
+    len(CPUS) < 8, reason="needs 8 CPU devices: run with "
+    "XLA_FLAGS=--xla_force_host_platform_device_count=8 (as `make test` does)")
+
+
+def _mesh(shape):
+  return sharding.make_mesh(dict(zip(sharding.MESH_AXES, shape)), devices=CPUS[:np.prod(shape)])
+
+
+def _tokens(batch=8, length=32, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (batch, length)).astype(np.uint8)
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+_REFERENCE = {}
+
+
+def _reference_step(model, tokens):
+  """The single-device SGD step of `_step`, computed once per model config."""
+  key = model.config
+  if key not in _REFERENCE:
+    _REFERENCE[key] = _step(model, optax.sgd(0.5), tokens)
+  return _REFERENCE[key]
+
+
+def _step(model, optimizer, tokens, mesh=None, accum=1):
+  """One training step from the seed-0 init: (metrics, new state)."""
+  seq_len = model.config.seq_len
+  if mesh is None:
+    state = state_lib.create_train_state(model, seq_len, optimizer, jax.random.key(0))
+    step = make_train_step(model, optimizer, 0, False, grad_accum_steps=accum)
+    batch = jax.device_put(tokens, CPUS[0])
+    state = jax.device_put(state, CPUS[0])
+  else:
+    shardings = state_lib.state_shardings(model, seq_len, optimizer, mesh)
+    state = state_lib.create_train_state(model, seq_len, optimizer, jax.random.key(0),
+                                         shardings)
+    step = make_train_step(model, optimizer, 0, False, grad_accum_steps=accum, mesh=mesh,
+                           state_sharding=shardings)
+    batch = sharding.shard_batch(tokens, sharding.batch_sharding(mesh))
+  new, metrics = step(state, batch)
+  return {k: float(v) for k, v in metrics.items()}, new
+
+
+def test_mesh_shape_fills_one_axis_and_refuses_bad_shapes():
+  assert sharding.mesh_shape({"data": -1}, 8) == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert sharding.mesh_shape({"data": 2, "fsdp": -1, "tensor": 2}, 8)["fsdp"] == 2
+  assert sharding.mesh_shape(None, 1) == {"data": 1, "fsdp": 1, "tensor": 1}
+  for cfg, message in [({"pipeline": 2}, "unknown mesh axes"), ({"data": 0}, "positive"),
+                       ({"data": -1, "fsdp": -1}, "only one"), ({"data": 3, "fsdp": -1},
+                                                               "does not divide"),
+                       ({"data": 2, "fsdp": 2}, "has 4 devices, but 8")]:
+    with pytest.raises(ConfigError, match=message):
+      sharding.mesh_shape(cfg, 8)
+
+
+@needs_8
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+def test_sharded_step_equals_the_single_device_step(shape, megabyte_cfg):
+  """Loss, gradient norm and the SGD update (exactly lr * gradients) match one device."""
+  model, optimizer, tokens = Megabyte(megabyte_cfg), optax.sgd(0.5), _tokens()
+  ref_metrics, ref_state = _reference_step(model, tokens)
+  metrics, state = _step(model, optimizer, tokens, _mesh(shape))
+  assert metrics["loss"] == pytest.approx(ref_metrics["loss"], rel=1e-6)
+  assert metrics["grad_norm"] == pytest.approx(ref_metrics["grad_norm"], rel=1e-5)
+  for got, want in zip(_leaves(state.params), _leaves(ref_state.params)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@needs_8
+def test_gradient_accumulation_equals_the_whole_batch(megabyte_cfg):
+  model, optimizer, tokens = Megabyte(megabyte_cfg), optax.sgd(0.5), _tokens()
+  ref_metrics, ref_state = _reference_step(model, tokens)
+  metrics, state = _step(model, optimizer, tokens, _mesh((2, 2, 2)), accum=2)
+  assert metrics["loss"] == pytest.approx(ref_metrics["loss"], rel=1e-6)
+  for got, want in zip(_leaves(state.params), _leaves(ref_state.params)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ConfigError, match="grad_accum_steps"):
+    make_train_step(model, optimizer, 0, False, grad_accum_steps=0)
+
+
+@needs_8
+def test_parameters_and_optimizer_state_are_split_as_the_rules_say(megabyte_cfg):
+  mesh = _mesh((2, 2, 2))
+  model, optimizer = Megabyte(megabyte_cfg), optax.adamw(1e-3)
+  shardings = state_lib.state_shardings(model, 32, optimizer, mesh)
+  state = state_lib.create_train_state(model, 32, optimizer, jax.random.key(0), shardings)
+  attn = state.params["global_model"]["block_0"]["attn"]
+  mlp = state.params["global_model"]["block_0"]["mlp"]
+  expected = {  # logical axes -> mesh axes under sharding.LOGICAL_RULES
+      "qkv": (attn["qkv_kernel"], P("fsdp", None, "tensor", None), (16, 3, 1, 16)),
+      "out": (attn["out_kernel"], P("tensor", None, "fsdp"), (1, 16, 16)),
+      "mlp_in": (mlp["in_kernel"], P("fsdp", None, "tensor"), (16, 1, 64)),
+      "mlp_out": (mlp["out_kernel"], P("tensor", "fsdp"), (64, 16)),
+      "embed": (state.params["global_embed"]["embedding"], P(None, "fsdp"), (256, 4)),
+  }
+  for name, (array, spec, shard_shape) in expected.items():
+    assert array.sharding.spec == spec, name
+    assert array.addressable_shards[0].data.shape == shard_shape, name
+  adam = state.opt_state[0]    # ScaleByAdamState: moments sharded like their parameters
+  assert adam.mu["global_model"]["block_0"]["attn"]["qkv_kernel"].sharding.spec == \
+      P("fsdp", None, "tensor", None)
+  assert state.step.sharding.spec == P() and adam.count.sharding.spec == P()
+
+
+@needs_8
+def test_a_tensor_axis_that_does_not_divide_the_heads_is_refused(megabyte_cfg):
+  with pytest.raises(ConfigError, match=r"global_heads=2 is not divisible by the mesh's "
+                                        r"tensor axis \(4\)"):
+    sharding.check_model_fits_mesh(megabyte_cfg, _mesh((2, 1, 4)))
+  sharding.check_model_fits_mesh(megabyte_cfg, _mesh((4, 1, 2)))   # 2 heads on 2: fine
+
+
+def test_indivisible_dimensions_stay_whole():
+  mesh = _mesh((1, 1, 8)) if len(CPUS) >= 8 else _mesh((1, 1, 1))
+  size = mesh.shape["tensor"]
+  assert sharding.fit_spec(P("fsdp", None, "tensor"), (4, 3, 2), mesh) == P(
+      "fsdp", None, "tensor" if 2 % size == 0 else None)
+  assert sharding.fit_spec(P(("data", "fsdp")), (5,), mesh) == P(("data", "fsdp"))
+
+
+@needs_8
+def test_checkpoint_written_under_one_mesh_restores_under_another(tmp_path, megabyte_cfg):
+  model, optimizer = Megabyte(megabyte_cfg), optax.adamw(1e-3)
+  first, second = _mesh((8, 1, 1)), _mesh((2, 2, 2))
+  sh1 = state_lib.state_shardings(model, 32, optimizer, first)
+  state = state_lib.create_train_state(model, 32, optimizer, jax.random.key(3), sh1)
+  checkpointer = Checkpointer(str(tmp_path), save_every=1)
+  checkpointer.save(0, state, force=True)
+  checkpointer.close()
+  sh2 = state_lib.state_shardings(model, 32, optimizer, second)
+  restored = Checkpointer(str(tmp_path)).restore(
+      state_lib.abstract_train_state(model, 32, optimizer, sh2), 0)
+  for got, want, target in zip(jax.tree_util.tree_leaves(restored),
+                               jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(sh2)):
+    assert got.sharding == target
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("kind,remat", [("megabyte", "none"), ("megabyte", "full"),
+                                        ("megabyte", "dots"), ("megabyte", "dots_no_batch"),
+                                        ("transformer", "full")])
+def test_remat_and_scan_compute_the_same_loss_and_gradients(kind, remat, megabyte_cfg,
+                                                           transformer_cfg):
+  base = megabyte_cfg if kind == "megabyte" else transformer_cfg
+  cls = Megabyte if kind == "megabyte" else ByteTransformer
+  stacks = ("global_model", "local_model") if kind == "megabyte" else ("model",)
+  tokens = jnp.asarray(_tokens(2, 32, seed=1), jnp.int32)
+  params = nn.meta.unbox(cls(base).init(jax.random.key(0), tokens))["params"]
+
+  def loss_and_grads(cfg, p):
+    model = cls(cfg)
+    loss = lambda p: model.apply({"params": p}, tokens).mean()
+    return jax.value_and_grad(loss)(p)
+
+  ref_loss, ref_grads = loss_and_grads(base, params)
+  loss, grads = loss_and_grads(base.replace(remat=remat), params)
+  assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6)
+  for got, want in zip(_leaves(grads), _leaves(ref_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  stacked = dict(params)
+  for name in stacks:
+    layers = base.global_layers if name == "global_model" else (
+        base.local_layers if name == "local_model" else base.layers)
+    stacked[name] = stack_block_params(params[name], layers)
+  loss, grads = loss_and_grads(base.replace(remat=remat, scan_layers=True), stacked)
+  assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
+  ref_stacked = dict(ref_grads)
+  for name in stacks:
+    ref_stacked[name] = stack_block_params(ref_grads[name], len(
+        [k for k in ref_grads[name] if k.startswith("block_")]))
+  for got, want in zip(_leaves(grads), _leaves(ref_stacked)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_scanned_parameters_carry_a_layers_axis(megabyte_cfg):
+  model = Megabyte(megabyte_cfg.replace(scan_layers=True))
+  boxed = state_lib.boxed_abstract_params(model, 32)
+  qkv = boxed["global_model"]["blocks"]["block"]["attn"]["qkv_kernel"]
+  assert qkv.names == ("layers", "embed", None, "heads", "kv")
+  assert qkv.value.shape == (2, 32, 3, 2, 16)
+
+
+def test_resume_may_change_remat_but_not_the_parameter_layout(tmp_path):
+  config = base_config("megabyte", seq_len=32, patch_size=4, global_dim=32, global_layers=1,
+                       global_heads=2, local_dim=16, local_layers=1, local_heads=2)
+  save_config(str(tmp_path), config)
+  changed = base_config("megabyte", seq_len=32, patch_size=4, global_dim=32, global_layers=1,
+                        global_heads=2, local_dim=16, local_layers=1, local_heads=2,
+                        remat="full", dtype="bfloat16")
+  assert resolve_config(str(tmp_path), changed) is changed
+  changed.model.scan_layers = True
+  with pytest.raises(ConfigError, match="scan_layers"):
+    resolve_config(str(tmp_path), changed)
+
+
+@needs_8
+def test_training_cli_runs_on_a_mesh_and_resumes_on_another(tmp_path, corpus):
+  config = base_config("megabyte", seq_len=32, patch_size=4, global_dim=32, global_layers=1,
+                       global_heads=2, local_dim=16, local_layers=1, local_heads=2)
+  config.data.update(files=corpus, eval_fraction=0.25)
+  config.train.update(steps=4, warmup_steps=1, batch_size=8, checkpoint_every=2,
+                      eval_every=0, final_eval=False, tensorboard=False)
+  config.sample.num_bytes = 0
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  workdir = str(tmp_path / "run")
+  assert train_and_evaluate(config, workdir)["step"] == 4
+  config.train.steps = 6
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  assert train_and_evaluate(config, workdir)["step"] == 6
+  config.mesh.update(data=3, fsdp=-1)
+  with pytest.raises(ConfigError, match="cannot fill 8 devices"):
+    train_and_evaluate(config, workdir)
+  config.mesh.update(data=8, fsdp=1)
+  config.train.batch_size = 12
+  with pytest.raises(ConfigError, match=r"batch_size=12 must be a multiple of the mesh's "
+                                        r"data x fsdp size \(8"):
+    train_and_evaluate(config, workdir)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _run_processes(workdir, steps, corpus):
+  port = _free_port()
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_PLATFORMS="cpu")
+    procs.append(subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tests", "helpers", "distributed_train.py"),
+         workdir, str(steps), os.path.join(corpus, "**", "*.py")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  results = []
+  for proc in procs:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    results.append(json.loads([l for l in out.splitlines() if l.startswith("{")][-1]))
+  return results
+
+
+def test_two_processes_train_together_and_agree(tmp_path, corpus):
+  """`jax.distributed` on localhost: 2 processes x 2 CPU devices, one 4-device mesh."""
+  workdir = str(tmp_path / "run")
+  first = _run_processes(workdir, 4, corpus)
+  assert [r["process"] for r in first] == [0, 1]
+  assert all(r["processes"] == 2 and r["devices"] == 4 and r["step"] == 4 for r in first)
+  assert first[0]["train_bpb"] == first[1]["train_bpb"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  resumed = _run_processes(workdir, 6, corpus)      # both processes resume from step 4
+  assert all(r["step"] == 6 for r in resumed)
+  assert resumed[0]["train_bpb"] == resumed[1]["train_bpb"]
