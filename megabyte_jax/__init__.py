@@ -10,11 +10,12 @@
 
 from megabyte_jax.config import MegabyteConfig, TransformerConfig
 from megabyte_jax.errors import (CheckpointError, ConfigError, DataError, InputError,
-                                 MegabyteError)
+                                 MegabyteError, Preempted, TrainingError)
 from megabyte_jax.generation import generate
 from megabyte_jax.megabyte import Megabyte
 from megabyte_jax.transformer import ByteTransformer
 
 __all__ = ["ByteTransformer", "CheckpointError", "ConfigError", "DataError", "InputError",
-           "Megabyte", "MegabyteConfig", "MegabyteError", "TransformerConfig", "generate"]
+           "Megabyte", "MegabyteConfig", "MegabyteError", "Preempted", "TrainingError",
+           "TransformerConfig", "generate"]
 __version__ = "0.1.0"

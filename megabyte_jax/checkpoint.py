@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Any, Optional
 
 import grain
@@ -43,7 +45,23 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    with self._write_errors(step):
+      return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  @contextlib.contextmanager
+  def _write_errors(self, step: Optional[int]):
+    """Turns a failed write (disk full, permissions, ...) into a `CheckpointError` that
+    names the directory and says which checkpoint is still good. Orbax writes into a
+    temporary directory and renames it only when complete, so a failed or killed save never
+    touches the checkpoints already there."""
+    try:
+      yield
+    except OSError as e:
+      good = [s for s in self.all_steps() if s != step]
+      raise CheckpointError(
+          f"cannot write the checkpoint{'' if step is None else f' of step {step}'} in "
+          f"{self.directory}: {e.strerror or e}; the newest complete checkpoint, "
+          f"{'step ' + str(good[-1]) if good else 'none'}, is untouched") from e
 
   def has_data_state(self, step: int) -> bool:
     """Whether the checkpoint of `step` holds a data iterator position."""
@@ -79,11 +97,66 @@ class Checkpointer:
           f"{type(e).__name__}: {e}") from e
     return restored.state
 
+  def restore_latest_good(self, abstract_state: Any,
+                          data_iterator_factory: Optional[Any] = None,
+                          warn: Any = None) -> tuple[int, Any, Optional[Any]]:
+    """Restores the newest checkpoint that reads back, falling back to older ones.
+
+    Args:
+      abstract_state: the structure (and shardings) to restore into.
+      data_iterator_factory: called once per attempt for a fresh Grain iterator whose
+        position is restored with the state (None: state only).
+      warn: called with a message for each checkpoint that cannot be read (default: print
+        to stderr).
+
+    Returns:
+      `(step, state, data_iterator)` of the newest readable checkpoint.
+
+    Raises:
+      CheckpointError: naming the directory and each checkpoint's problem, when none reads.
+    """
+    if warn is None:
+      warn = lambda message: print(f"warning: {message}", file=sys.stderr, flush=True)
+    problems = []
+    for step in reversed(self.all_steps()):
+      iterator = data_iterator_factory() if data_iterator_factory else None
+      try:
+        state = self.restore(abstract_state, step, data_iterator=iterator)
+      except CheckpointError as e:
+        problems.append(f"step {step}: {e}")
+        warn(f"skipping unreadable checkpoint: {e}")
+        if iterator is not None and hasattr(iterator, "close"):
+          iterator.close()
+        continue
+      if problems:
+        self._set_aside([int(p.split(":")[0].split()[1]) for p in problems])
+      return step, state, iterator
+    if not problems:
+      raise CheckpointError(f"no checkpoint found in {self.directory}")
+    raise CheckpointError(f"no readable checkpoint in {self.directory}: "
+                          + "; ".join(problems))
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Renames unreadable step directories to `STEP.unreadable` (kept for inspection, out
+    of the manager's way), so training can save those steps again."""
+    import jax   # pylint: disable=g-import-not-at-top
+    if jax.process_index() == 0:
+      for step in steps:
+        path = os.path.join(self.directory, str(step))
+        if os.path.isdir(path):
+          target, n = f"{path}.unreadable", 1
+          while os.path.exists(target):
+            target, n = f"{path}.unreadable{n}", n + 1
+          os.rename(path, target)
+    self._manager.reload()
+
   def wait(self) -> None:
     """Blocks until asynchronous saves have finished."""
-    self._manager.wait_until_finished()
+    with self._write_errors(None):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Finishes pending saves and releases the manager."""
-    self._manager.wait_until_finished()
+    with self._write_errors(None):
+      self._manager.wait_until_finished()
     self._manager.close()

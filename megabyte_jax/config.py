@@ -58,8 +58,10 @@ class _CommonConfig:
     if self.vocab_size != VOCAB_SIZE:
       raise ConfigError(f"vocab_size must be {VOCAB_SIZE} (raw bytes), got {self.vocab_size}")
     _check_positive_int("mlp_ratio", self.mlp_ratio)
-    resolve_dtype(self.dtype)
-    resolve_dtype(self.param_dtype)
+    for name in ("dtype", "param_dtype"):
+      value = getattr(self, name)
+      if not isinstance(value, str) or value not in _DTYPES:
+        raise ConfigError(f"{name} must be one of {sorted(_DTYPES)}, got {value!r}")
     if self.activation not in _ACTIVATIONS:
       raise ConfigError(f"activation must be one of {_ACTIVATIONS}, got {self.activation!r}")
     if self.norm not in _NORMS:

@@ -23,3 +23,20 @@ class DataError(MegabyteError, ValueError):
 
 class CheckpointError(MegabyteError, RuntimeError):
   """A checkpoint is missing, unreadable, or does not match the configuration."""
+
+
+class TrainingError(MegabyteError, RuntimeError):
+  """Training cannot go on (e.g. too many non-finite steps in a row); the last good
+  checkpoint is kept."""
+
+
+class Preempted(MegabyteError):
+  """Training stopped on a signal (SIGTERM, SIGINT) after saving a checkpoint.
+
+  Attributes:
+    signum: the signal received. step: the step saved.
+  """
+
+  def __init__(self, message: str, signum: int, step: int):
+    super().__init__(message)
+    self.signum, self.step = signum, step

@@ -22,7 +22,7 @@ import sys
 from absl import app, flags
 from megabyte_jax.data import load_byte_data, load_eval_files, validation_documents
 from megabyte_jax.data.local_files import read_documents, resolve_files
-from megabyte_jax.cli import quiet_logging
+from megabyte_jax.cli import parse_flags, quiet_logging
 from megabyte_jax.errors import MegabyteError
 from megabyte_jax.scoring import (check_stride, evaluate_windows, make_eval_step,
                                   strided_windows)
@@ -77,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

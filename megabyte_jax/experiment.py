@@ -118,6 +118,8 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.train.eps = 1e-8
   config.train.grad_clip = 1.0            # global norm; 0 disables
   config.train.grad_accum_steps = 1       # microbatches per update (divides batch_size)
+  config.train.max_bad_steps = 20         # non-finite steps in a row (updates skipped)
+                                          # before training stops
   config.train.log_every = 10
   config.train.eval_every = 200           # quick eval on `eval_batches` batches; 0 disables
   config.train.eval_batches = 8

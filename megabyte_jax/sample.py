@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from megabyte_jax.cli import quiet_logging
+from megabyte_jax.cli import parse_flags, quiet_logging
 from megabyte_jax.errors import InputError, MegabyteError
 from megabyte_jax.generation import generate
 from megabyte_jax.workdir import load_trained
@@ -166,4 +166,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -13,10 +13,11 @@ checkpoint before stopping, so nothing is lost.
 
 from __future__ import annotations
 
-import math
+import signal
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, Optional
 
 from absl import app, flags
 import jax
@@ -31,8 +32,8 @@ from megabyte_jax import metrics as metrics_lib
 from megabyte_jax import sampling
 from megabyte_jax import train_state as state_lib
 from megabyte_jax import workdir as workdir_lib
-from megabyte_jax.cli import quiet_logging
-from megabyte_jax.errors import ConfigError, MegabyteError
+from megabyte_jax.cli import parse_flags, quiet_logging
+from megabyte_jax.errors import ConfigError, MegabyteError, Preempted, TrainingError
 from megabyte_jax.losses import LN2
 from megabyte_jax.models import build_model
 from megabyte_jax import sharding as sharding_lib
@@ -59,6 +60,31 @@ def _check_train_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"train.{name} must be >= 0 (0 disables), got {t[name]}")
   if int(config.eval.batch_size) <= 0:
     raise ConfigError(f"eval.batch_size must be positive, got {config.eval.batch_size}")
+
+
+class _StopRequest:
+  """Turns SIGTERM and the first SIGINT into a request to stop at the next step boundary
+  (where the loop saves a checkpoint); a second SIGINT interrupts at once. Handlers are
+  installed only in the main thread and restored by `restore()`."""
+
+  def __init__(self):
+    self.signum: Optional[int] = None
+    self._previous = {}
+    if threading.current_thread() is not threading.main_thread():
+      return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      self._previous[signum] = signal.signal(signum, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def restore(self) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
 
 
 class _Progress:
@@ -133,20 +159,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       process_count=jax.process_count(), read_threads=config.data.read_threads,
       prefetch=config.data.prefetch, workers=config.data.workers,
       chunk_bytes=config.data.chunk_bytes)
-  train_iter = iter(dataset)
   optimizer = state_lib.make_optimizer(t)
   checkpointer = checkpoint_lib.Checkpointer(workdir, save_every=1, keep=t.keep_checkpoints)
-  start = checkpointer.latest_step()
   state_sharding = state_lib.state_shardings(model, model_cfg.seq_len, optimizer, mesh)
   with mesh_context(mesh):
-    if start is None:
+    if checkpointer.latest_step() is None:
+      train_iter = iter(dataset)
       state = state_lib.create_train_state(model, model_cfg.seq_len, optimizer,
                                            jax.random.key(config.seed), state_sharding)
       start = 0
-    else:   # restored straight into this mesh's layout, whatever mesh wrote it
-      state = checkpointer.restore(
+    else:   # the newest readable checkpoint, restored straight into this mesh's layout
+      start, state, train_iter = checkpointer.restore_latest_good(
           state_lib.abstract_train_state(model, model_cfg.seq_len, optimizer, state_sharding),
-          start, data_iterator=train_iter)
+          data_iterator_factory=lambda: iter(dataset))
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
   dropout = model_cfg.dropout > 0 or model_cfg.embed_dropout > 0
   train_step = make_train_step(model, optimizer, config.seed, dropout,
@@ -174,16 +199,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     bar.write(f"step {step}: eval_bpb {result['bpb']:.4f} ({result['bytes']:,} bytes)")
 
   step = start
-  window_loss, window_norm, window_steps, lr = [], [], 0, None
-  last_train_bpb = None
+  window_loss, window_norm, window_skip, window_steps, lr = [], [], [], 0, None
+  last_train_bpb, bad_in_a_row, skipped_total = None, 0, 0
+  max_bad = int(t.get("max_bad_steps", 20))
   window_start = time.perf_counter()
+  stop = _StopRequest()
   try:
     while step < t.steps:
+      if stop.signum is not None:   # SIGTERM / SIGINT: save at this step boundary and stop
+        checkpointer.save(step, state, train_iter, force=True)
+        checkpointer.close()
+        raise Preempted(f"stopped by {signal.Signals(stop.signum).name} at step {step}; "
+                        f"saved a checkpoint in {checkpointer.directory}; run again to resume",
+                        stop.signum, step)
       state, step_metrics = train_step(
           state, sharding_lib.shard_batch(next(train_iter), batch_sharding))
       step += 1
       window_loss.append(step_metrics["loss"])
       window_norm.append(step_metrics["grad_norm"])
+      window_skip.append(step_metrics["skipped"])
       lr = step_metrics["lr"]
       window_steps += 1
       if step == start + 1:  # the first step compiles: time it apart from throughput
@@ -194,14 +228,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       else:
         timed_steps += 1
       if step % t.log_every == 0 or step == t.steps:
-        loss = float(np.mean(jax.device_get(window_loss)))
-        if not math.isfinite(loss):
-          raise FloatingPointError(f"training loss became {loss} at step {step}; the last "
-                                   f"checkpoint is step {checkpointer.latest_step()}")
-        last_train_bpb = loss / LN2
-        record = {"train_bpb": loss / LN2,
-                  "grad_norm": float(np.mean(jax.device_get(window_norm))),
-                  "lr": float(lr)}
+        losses = np.asarray(jax.device_get(window_loss), np.float64)
+        norms = np.asarray(jax.device_get(window_norm), np.float64)
+        skipped = np.asarray(jax.device_get(window_skip)) > 0
+        for bad in skipped:   # non-finite steps in a row, across windows
+          bad_in_a_row = bad_in_a_row + 1 if bad else 0
+        skipped_total += int(skipped.sum())
+        if bad_in_a_row >= max_bad:
+          raise TrainingError(
+              f"{bad_in_a_row} training steps in a row had a non-finite loss or gradient "
+              f"(up to step {step}); their updates were skipped, and training stops here. "
+              f"The parameters are those of the last good update; the newest checkpoint is "
+              f"step {checkpointer.latest_step()} in {checkpointer.directory}. Lower "
+              f"train.learning_rate or check the data (train.max_bad_steps={max_bad})")
+        good = ~skipped
+        loss = float(losses[good].mean()) if good.any() else float("nan")
+        record = {"train_bpb": loss / LN2 if good.any() else None,
+                  "grad_norm": float(norms[good].mean()) if good.any() else None,
+                  "lr": float(lr), "skipped_steps": int(skipped.sum())}
+        if good.any():
+          last_train_bpb = loss / LN2
         postfix = {"bpb": f"{loss / LN2:.3f}"}
         if timed_steps:
           elapsed = time.perf_counter() - window_start
@@ -210,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           postfix["bytes/s"] = f"{record['bytes_per_s']:,.0f}"
         writer.write(step, record)
         bar.update(window_steps, **postfix)
-        window_loss, window_norm, window_steps, timed_steps = [], [], 0, 0
+        window_loss, window_norm, window_skip, window_steps, timed_steps = [], [], [], 0, 0
         window_start = time.perf_counter()
       paused = False
       if step % t.checkpoint_every == 0:
@@ -222,7 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if paused:   # keep saving and evaluating out of bytes/s: restart the timed window
         jax.block_until_ready(state)
         timed_steps, window_start = 0, time.perf_counter()
-  except KeyboardInterrupt:
+  except KeyboardInterrupt:   # a second Ctrl-C, or one outside the step loop's checks
     bar.close()
     checkpointer.save(step, state, train_iter, force=True)
     checkpointer.close()
@@ -231,13 +277,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     print(f"interrupted: saved step {step} to {checkpointer.directory}; run again to resume",
           file=sys.stderr)
     raise
+  except MegabyteError:
+    bar.close()
+    writer.close()
+    train_iter.close()
+    raise
+  finally:
+    stop.restore()
   bar.close()
   if checkpointer.latest_step() != step:
     checkpointer.save(step, state, train_iter, force=True)
   checkpointer.close()
   train_iter.close()
 
-  final: dict[str, Any] = {"step": step, "params": num_params}
+  final: dict[str, Any] = {"step": step, "params": num_params,
+                           "skipped_steps": skipped_total}
   if last_train_bpb is not None:
     final["train_bpb"] = last_train_bpb
   if t.final_eval:
@@ -278,6 +332,9 @@ def main(argv):
       sys.exit(f"error: cannot load the --config file: {' '.join(str(e).split())}")
   try:
     train_and_evaluate(config, _WORKDIR.value, progress=_PROGRESS.value)
+  except Preempted as e:
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(128 + e.signum)
   except MegabyteError as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
@@ -285,4 +342,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -47,8 +47,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
 
   `tokens` is `[batch, T]` byte ids (uint8 or int32); the loss is the mean next-byte
   cross-entropy. Dropout keys derive from `(seed, step)` (and the microbatch), so a resumed
-  run draws the same masks. Metrics: `loss` (nats per byte), `grad_norm` and, given the
-  learning-rate `schedule`, `lr` of this update.
+  run draws the same masks. Metrics: `loss` (nats per byte), `grad_norm`, `skipped` (1
+  when the loss or gradient was not finite and the update was skipped, leaving parameters
+  and optimizer state unchanged) and, given the learning-rate `schedule`, `lr`.
 
   Args:
     grad_accum_steps: microbatches per update (must divide the batch); the update equals
@@ -101,10 +102,18 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
       loss, grads = grad_fn(state.params, tokens, rng)
     else:
       loss, grads = accumulated(state.params, tokens, rng)
+    grad_norm = optax.tree_utils.tree_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads)}
+    # A non-finite loss or gradient skips the update: parameters and optimizer state stay
+    # as they were (the step counter still advances, with the data).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree_util.tree_map(
+        lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              opt_state=keep(opt_state, state.opt_state))
+    metrics = {"loss": loss, "grad_norm": grad_norm,
+               "skipped": (~finite).astype(jnp.int32)}
     if schedule is not None:
       metrics["lr"] = schedule(state.step)
     return new_state, metrics

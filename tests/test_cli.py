@@ -79,6 +79,13 @@ def test_training_resumes_from_workdir_alone(trained, tmp_path):
       "--config.model.seq_len=60"], "seq_len=60 must be a multiple of patch_size=8"),
     (["megabyte_jax.train", "--workdir={tmp}/empty"], "not a training directory"),
     (["megabyte_jax.evaluate", "--workdir={tmp}/empty"], "not a training directory"),
+    (["megabyte_jax.train", f"--config={TINY}", "--workdir={tmp}/run",
+      "--config.train.stepz=1"], 'bad --config override: \'stepz\' Did you mean "steps"'),
+    (["megabyte_jax.train", f"--config={TINY}", "--workdir={tmp}/run",
+      "--config.train.steps=abc"], "--config.train.steps=abc: invalid literal"),
+    (["megabyte_jax.train", "--nosuchflag"], "Unknown command line flag 'nosuchflag'"),
+    (["megabyte_jax.train", f"--config={TINY}", "--workdir={tmp}/run", "--config.mesh.data=3"],
+     "mesh {'data': 3} has 3 devices, but 1 are available"),
 ])
 def test_user_errors_are_one_clear_line(args, message, tmp_path):
   proc = run_module(*[a.format(tmp=tmp_path) for a in args], check=False)

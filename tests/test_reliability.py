@@ -1,0 +1,219 @@
+"""Reliability: preemption by signal, unreadable checkpoints, non-finite steps."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import REPO
+from megabyte_jax import CheckpointError, Megabyte, TrainingError
+from megabyte_jax import train_state as state_lib
+from megabyte_jax.checkpoint import Checkpointer
+from megabyte_jax.experiment import base_config
+from megabyte_jax.metrics import read_metrics
+from megabyte_jax.train import train_and_evaluate
+from megabyte_jax.train_step import make_train_step
+
+
+def _config(corpus, steps=12):
+  config = base_config("megabyte", seq_len=32, patch_size=4, global_dim=32, global_layers=1,
+                       global_heads=2, local_dim=16, local_layers=1, local_heads=2)
+  config.data.update(files=corpus, eval_fraction=0.3, chunk_bytes=2 ** 14)
+  config.train.update(steps=steps, batch_size=4, warmup_steps=2, log_every=2, eval_every=0,
+                      checkpoint_every=4, final_eval=False, tensorboard=False)
+  config.sample.num_bytes = 0
+  return config
+
+
+def test_non_finite_steps_skip_the_update_and_are_counted(megabyte_cfg):
+  model, optimizer = Megabyte(megabyte_cfg), optax.adamw(1e-3)
+  state = state_lib.create_train_state(model, 32, optimizer, jax.random.key(0))
+  step = make_train_step(model, optimizer, 0, False)
+  tokens = jnp.zeros((2, 32), jnp.uint8)
+  good, metrics = step(state, tokens)
+  assert int(metrics["skipped"]) == 0 and int(good.step) == 1
+  # Poison one parameter: the loss and gradients become NaN, the update is skipped.
+  params = jax.tree_util.tree_map(lambda x: x, good.params)
+  params["head"]["bias"] = params["head"]["bias"].at[0].set(jnp.nan)
+  poisoned = good.replace(params=params)
+  expected = jax.tree_util.tree_map(np.asarray, poisoned)
+  after, metrics = step(poisoned, tokens)
+  assert int(metrics["skipped"]) == 1 and not np.isfinite(float(metrics["loss"]))
+  assert int(after.step) == 2                       # the step (and the data) move on
+  for a, b in zip(jax.tree_util.tree_leaves(after.params),
+                  jax.tree_util.tree_leaves(expected.params)):
+    np.testing.assert_array_equal(np.asarray(a), b)  # NaN == NaN here: nothing changed
+  for a, b in zip(jax.tree_util.tree_leaves(after.opt_state),
+                  jax.tree_util.tree_leaves(expected.opt_state)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_a_run_of_non_finite_steps_stops_training_with_the_checkpoint_intact(corpus,
+                                                                             tmp_path):
+  config = _config(corpus, steps=8)
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(config, workdir)                 # a good run up to step 8
+  config.train.steps = 40
+  config.train.learning_rate = 1e38                   # diverges at once
+  config.train.max_bad_steps = 4
+  with pytest.raises(TrainingError, match=r"in a row had a non-finite loss"):
+    train_and_evaluate(config, workdir)
+  records = [r for r in read_metrics(workdir) if r.get("skipped_steps")]
+  assert records and all(r["train_bpb"] is None or r["train_bpb"] > 0 for r in records)
+  assert Checkpointer(workdir).latest_step() >= 8
+  config.train.learning_rate = 1e-3                   # a sane setting resumes from there
+  config.train.steps = Checkpointer(workdir).latest_step() + 2
+  assert train_and_evaluate(config, workdir)["step"] == config.train.steps
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path):
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(_config(corpus, steps=8), workdir)
+  state_dir = os.path.join(workdir, "checkpoints", "8", "state")
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  warnings = []
+  from megabyte_jax.models import build_model
+  config = _config(corpus, steps=8)
+  model, cfg = build_model(config.model)
+  optimizer = state_lib.make_optimizer(config.train)
+  step, state, _ = Checkpointer(workdir).restore_latest_good(
+      state_lib.abstract_train_state(model, cfg.seq_len, optimizer), warn=warnings.append)
+  assert step == 4 and int(state.step) == 4
+  assert len(warnings) == 1 and "step 8" in warnings[0]
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "8.unreadable"))  # kept aside
+  final = train_and_evaluate(_config(corpus, steps=8), workdir)   # resumes from 4, saves 8
+  assert final["step"] == 8
+  assert Checkpointer(workdir).latest_step() == 8
+
+
+def test_no_readable_checkpoint_names_the_directory_and_the_problems(corpus, tmp_path):
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(_config(corpus, steps=4), workdir)
+  for step in ("4",):
+    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", step, "state")):
+      for name in files:
+        with open(os.path.join(root, name), "wb") as f:
+          f.write(b"")
+  with pytest.raises(CheckpointError, match=r"no readable checkpoint in .*checkpoints: "
+                                            r"step 4: "):
+    train_and_evaluate(_config(corpus, steps=6), workdir)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_at_the_next_step_and_the_run_resumes(signum, corpus, tmp_path):
+  workdir = str(tmp_path / "run")
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  cmd = [sys.executable, "-m", "megabyte_jax.train",
+         f"--config={os.path.join(REPO, 'experiments', 'configs', 'tiny.py')}",
+         f"--workdir={workdir}", f"--config.data.files={corpus}",
+         "--config.data.eval_fraction=0.3", "--config.train.steps=100000",
+         "--config.train.checkpoint_every=100000", "--config.train.eval_every=0",
+         "--config.train.log_every=5", "--config.train.final_eval=False",
+         "--config.sample.num_bytes=0", "--noprogress"]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
+    time.sleep(0.5)
+  proc.send_signal(signum)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signum, err[-2000:]
+  assert f"stopped by {signal.Signals(signum).name} at step" in err
+  saved = Checkpointer(workdir).latest_step()
+  assert saved is not None and saved >= 5
+  resume = [f"--config.train.steps={saved + 2}" if a.startswith("--config.train.steps=")
+            else a for a in cmd]
+  resumed = subprocess.run(resume, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"resuming at step {saved}" in resumed.stdout + resumed.stderr
+
+
+def test_resume_is_bit_identical_with_dropout(corpus, tmp_path):
+  """2N steps straight == N steps, a stop, N more: same parameters bit for bit, same
+  metrics (same data order, same dropout masks)."""
+  def config():
+    c = _config(corpus, steps=8)
+    c.model.dropout = 0.1
+    return c
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  train_and_evaluate(config(), straight)
+  train_and_evaluate(config(), resumed)
+  import shutil
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "8"))     # as if stopped after step 4
+  assert train_and_evaluate(None, resumed)["step"] == 8
+  from megabyte_jax.workdir import load_trained
+  _, _, a, _ = load_trained(straight)
+  _, _, b, _ = load_trained(resumed)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  first = {r["step"]: r["train_bpb"] for r in read_metrics(straight) if "train_bpb" in r}
+  again = [r for r in read_metrics(resumed) if "train_bpb" in r][4:]   # steps 6, 8 again
+  assert [r["step"] for r in again] == [6, 8]
+  assert all(r["train_bpb"] == first[r["step"]] for r in again)
+
+
+def test_a_full_disk_during_a_save_is_reported_and_loses_nothing(corpus, tmp_path,
+                                                                  monkeypatch):
+  import errno
+  import orbax.checkpoint as ocp
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(_config(corpus, steps=4), workdir)
+
+  def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", no_space)
+  with pytest.raises(CheckpointError, match=r"cannot write the checkpoint of step 8 in "
+                                            r".*: No space left on device; the newest "
+                                            r"complete checkpoint, step 4, is untouched"):
+    train_and_evaluate(_config(corpus, steps=8), workdir)
+  monkeypatch.undo()
+  assert Checkpointer(workdir).all_steps() == [4]
+  assert train_and_evaluate(_config(corpus, steps=8), workdir)["step"] == 8
+
+
+def test_kill_9_during_checkpoint_saves_never_damages_the_last_good_one(corpus, tmp_path):
+  """A run that saves every step is killed (SIGKILL, no cleanup) at several moments; each
+  time the newest complete checkpoint restores and training resumes from it."""
+  workdir = str(tmp_path / "run")
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  cmd = [sys.executable, "-m", "megabyte_jax.train",
+         f"--config={os.path.join(REPO, 'experiments', 'configs', 'tiny.py')}",
+         f"--workdir={workdir}", f"--config.data.files={corpus}",
+         "--config.data.eval_fraction=0.3", "--config.train.steps=100000",
+         "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2",
+         "--config.train.eval_every=0", "--config.train.final_eval=False",
+         "--config.sample.num_bytes=0", "--noprogress"]
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    before = Checkpointer(workdir).latest_step() or 0
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while (Checkpointer(workdir).latest_step() or 0) < before + 2 and time.time() < deadline:
+      time.sleep(0.2)
+    time.sleep(rng.uniform(0, 0.5))            # somewhere inside the next saves
+    proc.kill()
+    proc.wait()
+    from megabyte_jax.models import build_model
+    from megabyte_jax.workdir import load_config
+    config = load_config(workdir)
+    model, cfg = build_model(config.model)
+    warnings = []
+    step, state, _ = Checkpointer(workdir).restore_latest_good(
+        state_lib.abstract_train_state(model, cfg.seq_len,
+                                       state_lib.make_optimizer(config.train)),
+        warn=warnings.append)
+    assert step >= before + 2 and int(state.step) == step and not warnings
