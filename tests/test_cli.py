@@ -85,7 +85,7 @@ def test_training_resumes_from_workdir_alone(trained, tmp_path):
       "--config.train.steps=abc"], "--config.train.steps=abc: invalid literal"),
     (["megabyte_jax.train", "--nosuchflag"], "Unknown command line flag 'nosuchflag'"),
     (["megabyte_jax.train", f"--config={TINY}", "--workdir={tmp}/run", "--config.mesh.data=3"],
-     "mesh {'data': 3} has 3 devices, but 1 are available"),
+     "has 3 devices, but 1 are available; use -1 for one axis"),
 ])
 def test_user_errors_are_one_clear_line(args, message, tmp_path):
   proc = run_module(*[a.format(tmp=tmp_path) for a in args], check=False)

@@ -26,7 +26,7 @@ BASE = dict(seq_len=64, patch_size=8, global_dim=64, global_layers=2, global_hea
     ({"vocab_size": 512}, "vocab_size must be 256"),
     ({"activation": "tanh"}, "activation must be one of"),
     ({"norm": "batchnorm"}, "norm must be one of"),
-    ({"dtype": "float64"}, "unknown dtype 'float64'"),
+    ({"dtype": "float64"}, "dtype must be one of ['bfloat16', 'float16', 'float32'], got 'float64'"),
     ({"dropout": 1.0}, "dropout must be in [0, 1)"),
     ({"init_std": -0.1}, "init_std must be None or a positive number"),
     ({"attention_impl": "flash"}, "attention_impl must be one of"),
