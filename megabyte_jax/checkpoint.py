@@ -117,19 +117,20 @@ class Checkpointer:
     """
     if warn is None:
       warn = lambda message: print(f"warning: {message}", file=sys.stderr, flush=True)
-    problems = []
+    problems, unreadable = [], []
     for step in reversed(self.all_steps()):
       iterator = data_iterator_factory() if data_iterator_factory else None
       try:
         state = self.restore(abstract_state, step, data_iterator=iterator)
       except CheckpointError as e:
         problems.append(f"step {step}: {e}")
+        unreadable.append(step)
         warn(f"skipping unreadable checkpoint: {e}")
         if iterator is not None and hasattr(iterator, "close"):
           iterator.close()
         continue
-      if problems:
-        self._set_aside([int(p.split(":")[0].split()[1]) for p in problems])
+      if unreadable:
+        self._set_aside(unreadable)
       return step, state, iterator
     if not problems:
       raise CheckpointError(f"no checkpoint found in {self.directory}")

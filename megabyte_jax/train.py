@@ -199,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     bar.write(f"step {step}: eval_bpb {result['bpb']:.4f} ({result['bytes']:,} bytes)")
 
   step = start
-  window_loss, window_norm, window_skip, window_steps, lr = [], [], [], 0, None
+  window = []   # the metrics of each step since the last log
   last_train_bpb, bad_in_a_row, skipped_total = None, 0, 0
   max_bad = int(t.get("max_bad_steps", 20))
   window_start = time.perf_counter()
@@ -215,11 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state, step_metrics = train_step(
           state, sharding_lib.shard_batch(next(train_iter), batch_sharding))
       step += 1
-      window_loss.append(step_metrics["loss"])
-      window_norm.append(step_metrics["grad_norm"])
-      window_skip.append(step_metrics["skipped"])
-      lr = step_metrics["lr"]
-      window_steps += 1
+      window.append(step_metrics)
       if step == start + 1:  # the first step compiles: time it apart from throughput
         jax.block_until_ready(step_metrics["loss"])
         compile_seconds = time.perf_counter() - window_start
@@ -228,9 +224,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       else:
         timed_steps += 1
       if step % t.log_every == 0 or step == t.steps:
-        losses = np.asarray(jax.device_get(window_loss), np.float64)
-        norms = np.asarray(jax.device_get(window_norm), np.float64)
-        skipped = np.asarray(jax.device_get(window_skip)) > 0
+        fetched = jax.device_get(window)      # one transfer for the whole window
+        losses = np.asarray([m["loss"] for m in fetched], np.float64)
+        norms = np.asarray([m["grad_norm"] for m in fetched], np.float64)
+        skipped = np.asarray([m["skipped"] for m in fetched]) > 0
         for bad in skipped:   # non-finite steps in a row, across windows
           bad_in_a_row = bad_in_a_row + 1 if bad else 0
         skipped_total += int(skipped.sum())
@@ -245,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         loss = float(losses[good].mean()) if good.any() else float("nan")
         record = {"train_bpb": loss / LN2 if good.any() else None,
                   "grad_norm": float(norms[good].mean()) if good.any() else None,
-                  "lr": float(lr), "skipped_steps": int(skipped.sum())}
+                  "lr": float(fetched[-1]["lr"]), "skipped_steps": int(skipped.sum())}
         if good.any():
           last_train_bpb = loss / LN2
         postfix = {"bpb": f"{loss / LN2:.3f}"}
@@ -255,8 +252,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                    / max(elapsed, 1e-9))
           postfix["bytes/s"] = f"{record['bytes_per_s']:,.0f}"
         writer.write(step, record)
-        bar.update(window_steps, **postfix)
-        window_loss, window_norm, window_skip, window_steps, timed_steps = [], [], [], 0, 0
+        bar.update(len(window), **postfix)
+        window, timed_steps = [], 0
         window_start = time.perf_counter()
       paused = False
       if step % t.checkpoint_every == 0:

@@ -11,7 +11,7 @@ inside the step (a `lax.scan`), so memory holds one microbatch's activations.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,6 +22,7 @@ from megabyte_jax import sharding as sharding_lib
 from megabyte_jax import train_state as state_lib
 from megabyte_jax.errors import ConfigError
 from megabyte_jax.losses import byte_nll
+from megabyte_jax.models import build_model
 
 
 def mesh_context(mesh: Optional[jax.sharding.Mesh],
@@ -132,3 +133,34 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
       return jitted(state, tokens)
 
   return step
+
+
+class Training(NamedTuple):
+  """A model built from an experiment config, with a fresh sharded state and its step."""
+  model: nn.Module
+  model_cfg: Any
+  mesh: jax.sharding.Mesh
+  state: state_lib.TrainState
+  step: Callable
+
+
+def fresh_training(config: Any, seed: int = 0) -> Training:
+  """Builds `config`'s model, mesh (`config.mesh`), a freshly initialized `TrainState` in
+  its shards and the jitted train step, as `megabyte_jax.train` does for a new run (the
+  benchmarks time and profile exactly this step).
+
+  Raises:
+    ConfigError: a mesh that does not fit the devices or the model.
+  """
+  model, model_cfg = build_model(config.model)
+  optimizer = state_lib.make_optimizer(config.train)
+  mesh = sharding_lib.make_mesh(config.get("mesh"))
+  sharding_lib.check_model_fits_mesh(model_cfg, mesh)
+  shardings = state_lib.state_shardings(model, model_cfg.seq_len, optimizer, mesh)
+  with mesh_context(mesh):
+    state = state_lib.create_train_state(model, model_cfg.seq_len, optimizer,
+                                         jax.random.key(seed), shardings)
+  dropout = model_cfg.dropout > 0 or model_cfg.embed_dropout > 0
+  step = make_train_step(model, optimizer, seed, dropout, mesh=mesh, state_sharding=shardings,
+                         grad_accum_steps=int(config.train.get("grad_accum_steps", 1)))
+  return Training(model, model_cfg, mesh, state, step)

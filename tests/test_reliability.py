@@ -32,6 +32,20 @@ def _config(corpus, steps=12):
   return config
 
 
+def _env():
+  return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _train_cmd(workdir, corpus, *overrides):
+  """The training CLI on the tiny config, running "forever" until a test stops it."""
+  return [sys.executable, "-m", "megabyte_jax.train",
+          f"--config={os.path.join(REPO, 'experiments', 'configs', 'tiny.py')}",
+          f"--workdir={workdir}", f"--config.data.files={corpus}",
+          "--config.data.eval_fraction=0.3", "--config.train.steps=100000",
+          "--config.train.eval_every=0", "--config.train.final_eval=False",
+          "--config.sample.num_bytes=0", "--noprogress", *overrides]
+
+
 def test_non_finite_steps_skip_the_update_and_are_counted(megabyte_cfg):
   model, optimizer = Megabyte(megabyte_cfg), optax.adamw(1e-3)
   state = state_lib.create_train_state(model, 32, optimizer, jax.random.key(0))
@@ -112,14 +126,9 @@ def test_no_readable_checkpoint_names_the_directory_and_the_problems(corpus, tmp
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_at_the_next_step_and_the_run_resumes(signum, corpus, tmp_path):
   workdir = str(tmp_path / "run")
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  cmd = [sys.executable, "-m", "megabyte_jax.train",
-         f"--config={os.path.join(REPO, 'experiments', 'configs', 'tiny.py')}",
-         f"--workdir={workdir}", f"--config.data.files={corpus}",
-         "--config.data.eval_fraction=0.3", "--config.train.steps=100000",
-         "--config.train.checkpoint_every=100000", "--config.train.eval_every=0",
-         "--config.train.log_every=5", "--config.train.final_eval=False",
-         "--config.sample.num_bytes=0", "--noprogress"]
+  env = _env()
+  cmd = _train_cmd(workdir, corpus, "--config.train.checkpoint_every=100000",
+                   "--config.train.log_every=5")
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   metrics = os.path.join(workdir, "metrics.jsonl")
@@ -188,14 +197,9 @@ def test_kill_9_during_checkpoint_saves_never_damages_the_last_good_one(corpus, 
   """A run that saves every step is killed (SIGKILL, no cleanup) at several moments; each
   time the newest complete checkpoint restores and training resumes from it."""
   workdir = str(tmp_path / "run")
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  cmd = [sys.executable, "-m", "megabyte_jax.train",
-         f"--config={os.path.join(REPO, 'experiments', 'configs', 'tiny.py')}",
-         f"--workdir={workdir}", f"--config.data.files={corpus}",
-         "--config.data.eval_fraction=0.3", "--config.train.steps=100000",
-         "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2",
-         "--config.train.eval_every=0", "--config.train.final_eval=False",
-         "--config.sample.num_bytes=0", "--noprogress"]
+  env = _env()
+  cmd = _train_cmd(workdir, corpus, "--config.train.checkpoint_every=1",
+                   "--config.train.keep_checkpoints=2")
   rng = np.random.default_rng(0)
   for _ in range(3):
     before = Checkpointer(workdir).latest_step() or 0

@@ -25,9 +25,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from megabyte_jax import sharding
-from megabyte_jax import train_state as state_lib
-from megabyte_jax.models import build_model
-from megabyte_jax.train_step import make_train_step, mesh_context
+from megabyte_jax.train_step import fresh_training
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/reference.py",
                                           "Experiment config.")
@@ -67,16 +65,7 @@ def kernel_times(trace_dir: str) -> tuple[dict, dict, float]:
 def main(argv):
   del argv
   config = _CONFIG.value
-  model, cfg = build_model(config.model)
-  optimizer = state_lib.make_optimizer(config.train)
-  mesh = sharding.make_mesh(config.get("mesh"))
-  shardings = state_lib.state_shardings(model, cfg.seq_len, optimizer, mesh)
-  with mesh_context(mesh):
-    state = state_lib.create_train_state(model, cfg.seq_len, optimizer, jax.random.key(0),
-                                         shardings)
-  step = make_train_step(model, optimizer, 0, cfg.dropout > 0, mesh=mesh,
-                         state_sharding=shardings,
-                         grad_accum_steps=int(config.train.get("grad_accum_steps", 1)))
+  _, cfg, mesh, state, step = fresh_training(config)
   batch = sharding.shard_batch(
       np.random.default_rng(0).integers(0, 256, (config.train.batch_size, cfg.seq_len),
                                         np.uint8), sharding.batch_sharding(mesh))

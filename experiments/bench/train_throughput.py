@@ -41,10 +41,8 @@ import numpy as np
 from ml_collections import config_flags
 
 from megabyte_jax import sharding
-from megabyte_jax import train_state as state_lib
 from megabyte_jax.flops import model_cost
-from megabyte_jax.models import build_model
-from megabyte_jax.train_step import make_train_step, mesh_context
+from megabyte_jax.train_step import fresh_training
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/reference.py",
                                           "Experiment config (its model and train sections).")
@@ -66,19 +64,10 @@ def peak_memory() -> int | None:
 
 def measure(config) -> dict:
   """Compiles and times the train step of `config` on its mesh; returns the JSON record."""
-  model, cfg = build_model(config.model)
-  optimizer = state_lib.make_optimizer(config.train)
-  batch, seq_len = int(config.train.batch_size), cfg.seq_len
-  mesh = sharding.make_mesh(config.get("mesh"))
-  sharding.check_model_fits_mesh(cfg, mesh)
+  batch = int(config.train.batch_size)
   start = time.perf_counter()
-  shardings = state_lib.state_shardings(model, seq_len, optimizer, mesh)
-  with mesh_context(mesh):
-    state = state_lib.create_train_state(model, seq_len, optimizer, jax.random.key(0),
-                                         shardings)
-  dropout = cfg.dropout > 0 or cfg.embed_dropout > 0
-  step = make_train_step(model, optimizer, 0, dropout, mesh=mesh, state_sharding=shardings,
-                         grad_accum_steps=int(config.train.get("grad_accum_steps", 1)))
+  model, cfg, mesh, state, step = fresh_training(config)
+  seq_len = cfg.seq_len
   rng = np.random.default_rng(0)
   # A few distinct batches, rotated, so no step reads what the previous one left in cache.
   batch_sharding = sharding.batch_sharding(mesh)

@@ -77,9 +77,10 @@ class _DocumentIterator(grain.DatasetIterator):
       return s.indices
     return s.indices[np.random.default_rng([s.seed, epoch]).permutation(len(s.indices))]
 
-  def _read(self, epoch: int, start: int) -> list[Any]:
+  def _block_indices(self, epoch: int, start: int) -> np.ndarray:
+    """The source indices of the block of `epoch`'s order that starts at `start`."""
     order = self._order if epoch == self._epoch else self._epoch_order(epoch)
-    return self._stream.read(order[start:start + self._stream.read_block])
+    return order[start:start + self._stream.read_block]
 
   def _next_block_key(self, epoch: int, start: int) -> tuple[int, int]:
     start += self._stream.read_block
@@ -88,22 +89,21 @@ class _DocumentIterator(grain.DatasetIterator):
   def _load_block(self) -> None:
     s, key = self._stream, (self._epoch, self._pos)
     if not s.read_threads:
-      self._block = self._read(*key)
+      self._block = s.read(self._block_indices(*key))
     else:
       if self._executor is None:
         from concurrent import futures
         self._executor = futures.ThreadPoolExecutor(s.read_threads, "megabyte-read")
       future = self._ahead.pop(key, None)
-      self._block = (future.result() if future is not None else self._read(*key))
+      self._block = (future.result() if future is not None
+                     else s.read(self._block_indices(*key)))
       ahead = key
       for _ in range(s.read_threads):   # keep `read_threads` blocks in flight
         ahead = self._next_block_key(*ahead)
         if s.num_epochs is not None and ahead[0] >= s.num_epochs:
           break
-        if ahead not in self._ahead:
-          order = self._order if ahead[0] == self._epoch else self._epoch_order(ahead[0])
-          self._ahead[ahead] = self._executor.submit(
-              s.read, order[ahead[1]:ahead[1] + s.read_block])
+        if ahead not in self._ahead:   # indices taken now, read on a thread
+          self._ahead[ahead] = self._executor.submit(s.read, self._block_indices(*ahead))
     self._block_start = self._pos
 
   def __next__(self) -> Any:
