@@ -221,3 +221,163 @@ def test_kill_9_during_checkpoint_saves_never_damages_the_last_good_one(corpus, 
                                        state_lib.make_optimizer(config.train)),
         warn=warnings.append)
     assert step >= before + 2 and int(state.step) == step and not warnings
+
+
+# ------------------------------------------------------------------ data: odd and huge files
+
+
+def _data_cfg(files, **changes):
+  import ml_collections
+  cfg = ml_collections.ConfigDict(dict(name="local_files", files=files, eval_files=None,
+                                       eval_fraction=0.3, split_seed=0, separator=0))
+  cfg.update(changes)
+  return cfg
+
+
+def _rss_bytes():
+  with open("/proc/self/status") as f:
+    return int(next(l for l in f if l.startswith("VmRSS:")).split()[1]) * 1024
+
+
+def test_an_unreadable_file_stops_loading_with_an_error_naming_it(corpus, monkeypatch):
+  """Tests run as root, where permissions do not stop reads: `os.open` is made to refuse
+  one file as it would for another user (EACCES), then to fail with an I/O error."""
+  import errno
+  from megabyte_jax import DataError
+  from megabyte_jax.data import load_byte_data
+  from megabyte_jax.data.local_files import resolve_files
+  victim = resolve_files(corpus)[1][3]
+  real_open = os.open
+  for code in (errno.EACCES, errno.EIO):
+    def refusing_open(path, flags, *args, code=code, **kwargs):
+      if os.fspath(path) == victim:
+        raise OSError(code, os.strerror(code), path)
+      return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(DataError) as info:
+      load_byte_data(_data_cfg(corpus), seq_len=32)
+    assert str(info.value) == f"cannot read {victim}: {os.strerror(code)}"
+  monkeypatch.undo()
+  assert load_byte_data(_data_cfg(corpus), seq_len=32).train_files > 0
+
+
+def test_matches_that_are_not_regular_files_are_skipped_with_a_warning(corpus, tmp_path,
+                                                                      caplog):
+  import socket
+  from megabyte_jax import DataError
+  from megabyte_jax.data.local_files import read_document, resolve_files
+  _, before = resolve_files(corpus)
+  fifo, broken, sock = (os.path.join(corpus, n) for n in ("a.fifo", "gone.txt", "s.sock"))
+  os.mkfifo(fifo)
+  os.symlink(str(tmp_path / "nowhere"), broken)
+  server = socket.socket(socket.AF_UNIX)
+  server.bind(sock)
+  try:
+    with caplog.at_level("WARNING"):
+      _, after = resolve_files(corpus)
+    assert after == before                                   # same documents as before
+    assert "skipping 3 match(es)" in caplog.text
+    for path, kind in ((fifo, "a FIFO"), (broken, "a broken symbolic link"),
+                       (sock, "a socket")):
+      assert f"{path} ({kind})" in caplog.text
+      with pytest.raises(DataError, match=f"no regular files match .*{kind}"):
+        resolve_files(path)
+    # Reading one directly (e.g. a file replaced meanwhile) fails at once, never waits for
+    # a writer to open the FIFO.
+    with pytest.raises(DataError, match="a.fifo: it is a FIFO, not a regular file"):
+      read_document(fifo)
+    with pytest.raises(DataError, match="gone.txt: No such file or directory"):
+      read_document(broken)
+  finally:
+    server.close()
+
+
+def test_empty_files_are_empty_documents(tmp_path):
+  from megabyte_jax import DataError
+  from megabyte_jax.data import load_byte_data, load_eval_files, training_batches
+  root = tmp_path / "docs"
+  root.mkdir()
+  for i in range(6):
+    (root / f"empty{i}.txt").write_bytes(b"")
+  (root / "one.txt").write_bytes(b"x" * 100)
+  (root / "two.txt").write_bytes(b"y" * 50)
+  data = load_byte_data(_data_cfg(str(root), eval_files=str(root / "two.txt")), seq_len=32)
+  assert data.train_files == 8 and data.train_bytes == 150      # counted, no bytes
+  assert data.eval.num_bytes == 50 and len(data.eval.tokens) == 2
+  batch = next(iter(training_batches(data.train, 32, 2, seed=0, chunk_bytes=64)))
+  assert set(np.unique(batch)) <= {0, ord("x"), ord("y")}
+  with pytest.raises(DataError, match="no bytes to evaluate: every matching file is empty"):
+    load_eval_files(str(root / "empty*.txt"), 32)
+  # Only empty training files: refused at once (with a separator byte after each document,
+  # the packer would otherwise fill batches with separators alone).
+  with pytest.raises(DataError, match=r"no bytes to train on: every training file of "
+                                      r"'.*empty\*\.txt' is empty \(6 file\(s\)\)"):
+    load_byte_data(_data_cfg(str(root / "empty*.txt"), eval_files=str(root / "one.txt")),
+                   seq_len=32)
+
+
+def test_a_file_larger_than_memory_is_memory_mapped_not_read(tmp_path):
+  """A 5 GiB sparse file (no disk used) trains: it is mapped, a batch of it reads a few
+  pages, and the process does not grow by the file's size."""
+  import pickle
+  from megabyte_jax.data import load_byte_data, training_batches
+  from megabyte_jax.data.local_files import MAP_BYTES, MappedFile
+  root = tmp_path / "docs"
+  root.mkdir()
+  size = 5 * 2 ** 30
+  with open(root / "huge.bin", "wb") as f:
+    f.truncate(size)
+  (root / "small.txt").write_bytes(b"hello world\n" * 10)
+  before = _rss_bytes()
+  data = load_byte_data(_data_cfg(str(root), eval_files=str(root / "small.txt")), seq_len=32)
+  docs = [data.train[i] for i in range(len(data.train))]
+  huge = next(d for d in docs if len(d) == size)
+  assert isinstance(huge, MappedFile) and not huge.flags.writeable
+  assert not any(isinstance(d, MappedFile) for d in docs if len(d) < MAP_BYTES)
+  assert data.train_bytes == size + 120
+  batches = iter(training_batches(data.train, 32, 4, seed=0, chunk_bytes=2 ** 12))
+  for _ in range(20):
+    assert next(batches).shape == (4, 32)
+  assert _rss_bytes() - before < 256 * 2 ** 20
+  pickled = pickle.dumps(huge)                  # worker processes map the file again
+  assert len(pickled) < 1000 and len(pickle.loads(pickled)) == size
+  assert bytes(pickle.loads(pickle.dumps(huge[-3:]))) == b"\0\0\0"
+
+
+def test_evaluation_windows_that_would_not_fit_in_memory_are_refused(tmp_path, monkeypatch):
+  from megabyte_jax import DataError
+  from megabyte_jax.data import load_eval_files
+  from megabyte_jax.data import local_files
+  from megabyte_jax.scoring import strided_spans
+  big = tmp_path / "big.bin"
+  with open(big, "wb") as f:
+    f.truncate(5 * 2 ** 30)                     # 40 GiB as windows
+  monkeypatch.setattr(local_files, "eval_memory_limit", lambda: 2 ** 30)
+  with pytest.raises(DataError, match=r"evaluating 5,368,709,120 bytes needs 40\.0 GiB of "
+                                      r"windows, more than the 1\.0 GiB allowed .* largest "
+                                      r"file is .*big\.bin"):
+    load_eval_files(str(tmp_path / "*.bin"), 64)
+  # The count is exact (plain and strided windows) and the default limit is real memory.
+  lengths = [0, 1, 63, 64, 65, 1000, 4097]
+  for stride in (8, 32, 64):
+    assert local_files.check_eval_memory(lengths, 64, stride, limit=2 ** 40) == sum(
+        len(strided_spans(n, 64, stride)) for n in lengths)
+  monkeypatch.undo()
+  with open("/proc/meminfo") as f:
+    total = int(f.readline().split()[1]) * 1024
+  assert 2 ** 26 < local_files.eval_memory_limit() <= total // 2
+
+
+def test_prepared_sources_refuse_a_file_over_the_record_limit(tmp_path):
+  from megabyte_jax import DataError
+  from megabyte_jax.data import builders
+  root = tmp_path / "docs"
+  root.mkdir()
+  (root / "small.txt").write_bytes(b"hello")
+  with open(root / "huge.bin", "wb") as f:
+    f.truncate(3 * 2 ** 30)
+  data_dir = tmp_path / "tfds"
+  with pytest.raises(DataError, match=r"huge\.bin holds 3,221,225,472 bytes, more than the "
+                                      r"2,146,435,072 that one record"):
+    builders.build_source("byte_files", {"files": str(root)}, str(data_dir), "train")
+  assert not any(files for _, _, files in os.walk(data_dir))   # nothing was written

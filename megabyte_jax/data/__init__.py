@@ -49,9 +49,14 @@ class ByteData:
 
 
 def load_eval_files(pattern: str, seq_len: int) -> tuple[EvalWindows, int]:
-  """Reads every file matching `pattern` into evaluation windows; returns (windows, files)."""
-  _, files = resolve_files(pattern)
-  return eval_windows(read_documents(files), seq_len), len(files)
+  """Reads every file matching `pattern` into evaluation windows; returns (windows, files).
+
+  Raises:
+    DataError: no matching files, unreadable files, all files empty, or windows that would
+      not fit in memory.
+  """
+  _, files = resolve_files(pattern, max_file_bytes=None)
+  return eval_windows(read_documents(files), seq_len, names=files), len(files)
 
 
 def split_file_lists(data_cfg) -> tuple[list[str], list[str]]:
@@ -60,10 +65,10 @@ def split_file_lists(data_cfg) -> tuple[list[str], list[str]]:
   Raises:
     DataError: no matching files, or an empty split.
   """
-  root, files = resolve_files(data_cfg.files)
+  root, files = resolve_files(data_cfg.files, max_file_bytes=None)   # large: memory-mapped
   if data_cfg.get("eval_files"):
     train_files = files
-    _, eval_files = resolve_files(data_cfg.eval_files)
+    _, eval_files = resolve_files(data_cfg.eval_files, max_file_bytes=None)
   else:
     train_files, eval_files = split_files(root, files, data_cfg.eval_fraction,
                                           data_cfg.split_seed)
@@ -123,18 +128,23 @@ def load_byte_data(data_cfg, seq_len: int, patch_size: int = 1) -> ByteData:
       the field holding the text, image or audio).
 
   Raises:
-    DataError: unknown source, no matching files, an empty split, unreadable files.
+    DataError: unknown source, no matching files, an empty split, unreadable files, only
+      empty training files, validation windows that would not fit in memory.
   """
   if data_cfg.name == LOCAL_FILES:
     train_files, eval_files = split_file_lists(data_cfg)
-    train_docs = read_documents(train_files)
+    train_docs = read_documents(train_files)   # files of MAP_BYTES or more: memory-mapped
     train = InMemorySource(train_docs)
     eval_docs = read_documents(eval_files)
     train_bytes = sum(len(d) for d in train_docs)
+    if not train_bytes:   # with a separator, the packer would train on separators alone
+      raise DataError(f"no bytes to train on: every training file of {data_cfg.files!r} is "
+                      f"empty ({len(train_docs)} file(s))")
   else:
     train = _builder_source(data_cfg, patch_size, "train")
     eval_docs = validation_documents(data_cfg, patch_size)
-    train_bytes = None
-  windows = eval_windows(eval_docs, seq_len, shuffle_seed=data_cfg.split_seed)
+    train_bytes, eval_files = None, None
+  windows = eval_windows(eval_docs, seq_len, shuffle_seed=data_cfg.split_seed,
+                         names=eval_files)
   return ByteData(train=train, eval=windows, train_files=len(train),
                   eval_files=len(eval_docs), train_bytes=train_bytes)

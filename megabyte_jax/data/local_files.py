@@ -8,6 +8,26 @@ exactly once, in windows of the model's length, each document starting from an e
 
 The default corpus, `"stdlib"`, is the source of the running Python's standard library
 (real code, as in the paper's Code set) and needs no download.
+
+Faults (see RELIABILITY.md):
+  * Only regular files are documents. Directories among the matches are passed over;
+    other entries (broken symbolic links, FIFOs, sockets, devices) are skipped with a
+    warning naming them, since reading them would fail or block.
+  * A regular file that cannot be read (permissions, I/O errors, removed meanwhile) stops
+    the run with a `DataError` naming it: a corpus silently missing files would train on
+    other data than asked. Narrow the glob to leave such a file out.
+  * Empty files are empty documents: they count as files, give no bytes, and are an error
+    only when every document of a split is empty.
+  * Files of `MAP_BYTES` or more are memory-mapped read-only instead of read: the OS pages
+    them in as they are used and may drop them again, so a file larger than memory costs
+    address space, not memory (it must not be truncated while a run uses it).
+  * Evaluation windows take 8 bytes per byte of `seq_len` windows; a set of validation
+    documents whose windows would need more than `eval_memory_limit()` (half of this
+    machine's memory) is refused with a `DataError` naming its largest file, instead of
+    being killed by the OS for lack of memory.
+  * The prepared TFDS sources (`byte_files`, `image_folder`, `audio_folder`) store a file as
+    one record, which cannot exceed 2 GiB: `resolve_files` refuses larger files there
+    (`MAX_RECORD_BYTES`), before anything is read.
 """
 
 from __future__ import annotations
@@ -15,7 +35,10 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
+import logging
+import math
 import os
+import stat
 import sysconfig
 from typing import Iterator, Optional, Sequence
 
@@ -25,6 +48,11 @@ from megabyte_jax.errors import DataError
 
 STDLIB = "stdlib"
 _SKIP_DIRS = ("site-packages", "dist-packages", "__pycache__")
+MAP_BYTES = 2 ** 26                    # files this large or larger are memory-mapped
+MAX_RECORD_BYTES = 2 ** 31 - 2 ** 20   # the largest file a prepared (TFDS) record holds
+EVAL_BYTES_PER_BYTE = 8                # an int32 token and a float32 mask per window byte
+
+log = logging.getLogger(__name__)
 
 
 def stdlib_root() -> str:
@@ -32,15 +60,38 @@ def stdlib_root() -> str:
   return sysconfig.get_paths()["stdlib"]
 
 
-def resolve_files(pattern: str) -> tuple[str, list[str]]:
+def _kind(path: str) -> str:
+  """What a path that is not a regular file is, in words."""
+  try:
+    mode = os.stat(path).st_mode
+  except OSError:
+    return "a broken symbolic link" if os.path.islink(path) else "unreadable"
+  if stat.S_ISFIFO(mode):
+    return "a FIFO"
+  if stat.S_ISSOCK(mode):
+    return "a socket"
+  if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+    return "a device"
+  return "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def resolve_files(pattern: str, max_file_bytes: Optional[int] = MAX_RECORD_BYTES
+                  ) -> tuple[str, list[str]]:
   """Expands a file pattern into `(root, sorted file paths)`.
+
+  Only regular files (or symbolic links to them) are kept. Directories are passed over;
+  other matches (broken links, FIFOs, sockets, devices) are skipped with a warning.
 
   Args:
     pattern: `"stdlib"` (every `.py` file of the standard library, installed packages
       excluded), a directory (every file below it), or a glob (`**` recurses).
+    max_file_bytes: refuse files larger than this; the default, `MAX_RECORD_BYTES`, is what
+      one record of a prepared dataset can hold. None: no limit (local files are read or
+      memory-mapped, whatever their size).
 
   Raises:
-    DataError: when nothing matches.
+    DataError: when no regular file matches, or a file is larger than `max_file_bytes`
+      (naming the file and the limit).
   """
   if pattern == STDLIB:
     root = stdlib_root()
@@ -54,11 +105,29 @@ def resolve_files(pattern: str) -> tuple[str, list[str]]:
     else:
       files = glob.glob(expanded, recursive=True)
       root = os.path.commonpath(files) if files else ""
-    files = [f for f in files if os.path.isfile(f)]
-  files = sorted(files)
+  regular = [f for f in files if os.path.isfile(f)]
+  others = sorted(f for f in files if not os.path.isfile(f) and not os.path.isdir(f))
+  files = sorted(regular)
+  if not files and others:
+    raise DataError(f"no regular files match {pattern!r}: {others[0]} is {_kind(others[0])}")
   if not files:
     raise DataError(f"no files match {pattern!r} (give a directory, a glob such as "
                     f"'docs/**/*.txt', or 'stdlib')")
+  if others:
+    log.warning("skipping %d match(es) of %r that are not regular files: %s", len(others),
+                pattern, ", ".join(f"{f} ({_kind(f)})" for f in others[:5])
+                + (", ..." if len(others) > 5 else ""))
+  if max_file_bytes is not None:
+    for path in files:
+      try:
+        size = os.path.getsize(path)
+      except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+      if size > max_file_bytes:
+        raise DataError(
+            f"{path} holds {size:,} bytes, more than the {max_file_bytes:,} that one record "
+            f"of a prepared dataset can hold (a 2 GiB protocol buffer); use "
+            f"data.name=local_files, which memory-maps large files, or split the file")
   if os.path.isfile(root):
     root = os.path.dirname(root)
   return root, files
@@ -81,20 +150,102 @@ def split_files(root: str, files: Sequence[str], eval_fraction: float,
   return train, evaluation
 
 
+class MappedFile(np.memmap):
+  """The bytes of a large file, memory-mapped read-only (a `uint8` `np.memmap`).
+
+  Pages are read when used and may be dropped again by the OS, so the file costs address
+  space, not memory. It pickles as its path (a worker process maps the file again), not as
+  its bytes; a slice pickles as a plain copy of its bytes.
+  """
+
+  def __reduce__(self):
+    if self.filename is not None and self.base is self._mmap:   # the whole mapping
+      return read_document, (str(self.filename),)
+    return np.asarray(self).__reduce__()
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+  # Opening a FIFO that replaced a file would otherwise wait for a writer forever.
+  return os.open(path, flags | os.O_NONBLOCK)
+
+
+def read_document(path: str) -> np.ndarray:
+  """One file's bytes as a `uint8` array: read into memory when smaller than `MAP_BYTES`,
+  memory-mapped read-only (`MappedFile`) otherwise. An empty file gives an empty array.
+
+  Raises:
+    DataError: naming the file, when it cannot be read or is not a regular file.
+  """
+  try:
+    with open(path, "rb", opener=_open_nonblocking) as f:
+      info = os.fstat(f.fileno())
+      if stat.S_ISREG(info.st_mode) and info.st_size >= MAP_BYTES:
+        return MappedFile(f, dtype=np.uint8, mode="r", shape=(info.st_size,))
+      if stat.S_ISREG(info.st_mode):
+        return np.frombuffer(f.read(), dtype=np.uint8)
+  except (OSError, ValueError) as e:   # mmap raises ValueError for a file that shrank
+    raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
+  raise DataError(f"cannot read {path}: it is {_kind(path)}, not a regular file")
+
+
 def read_documents(files: Sequence[str]) -> list[np.ndarray]:
-  """Reads each file as one `uint8` document; empty files give empty documents.
+  """Reads each file as one `uint8` document (`read_document`); empty files give empty
+  documents.
 
   Raises:
     DataError: naming the file that cannot be read.
   """
-  docs = []
-  for path in files:
+  return [read_document(path) for path in files]
+
+
+def eval_memory_limit() -> int:
+  """Bytes that evaluation windows may take: half of this machine's physical memory, or of
+  the memory limit of this process's control group when that is lower."""
+  try:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (AttributeError, OSError, ValueError):
+    total = 2 ** 34
+  for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
     try:
-      with open(path, "rb") as f:
-        docs.append(np.frombuffer(f.read(), dtype=np.uint8))
-    except OSError as e:
-      raise DataError(f"cannot read {path}: {e.strerror or e}") from e
-  return docs
+      with open(path) as f:
+        total = min(total, int(f.read().strip()))
+    except (OSError, ValueError):   # no such file, or "max"
+      pass
+  return total // 2
+
+
+def check_eval_memory(lengths: Sequence[int], seq_len: int, stride: Optional[int] = None,
+                      names: Optional[Sequence[str]] = None,
+                      limit: Optional[int] = None) -> int:
+  """Checks that evaluation windows of documents of these `lengths` fit in memory.
+
+  Args:
+    lengths: the documents' sizes in bytes.
+    seq_len: the window length.
+    stride: how far windows advance (`scoring.strided_windows`; None: `seq_len`, plain
+      windows).
+    names: the documents' file names, to name the largest in the error.
+    limit: bytes the windows may take (default: `eval_memory_limit()`).
+
+  Returns:
+    The number of windows.
+
+  Raises:
+    DataError: naming the size, the limit and the largest file, when they do not fit.
+  """
+  stride = seq_len if stride is None else stride
+  windows = sum(1 + math.ceil(max(0, n - seq_len) / stride) for n in lengths if n > 0)
+  need = windows * seq_len * EVAL_BYTES_PER_BYTE
+  limit = eval_memory_limit() if limit is None else limit
+  if need > limit:
+    largest = int(np.argmax(lengths))
+    what = names[largest] if names is not None else f"document {largest}"
+    raise DataError(
+        f"evaluating {sum(lengths):,} bytes needs {need / 2**30:.1f} GiB of windows, more "
+        f"than the {limit / 2**30:.1f} GiB allowed (half of this machine's memory); the "
+        f"largest file is {what} ({lengths[largest]:,} bytes): evaluate fewer or smaller "
+        f"files (data.eval_files, data.eval_fraction or --files)")
+  return windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,26 +280,34 @@ class EvalWindows:
       yield tokens, mask
 
 
-def eval_windows(docs: Sequence[np.ndarray], seq_len: int, shuffle_seed: Optional[int] = None
-                 ) -> EvalWindows:
+def eval_windows(docs: Sequence[np.ndarray], seq_len: int, shuffle_seed: Optional[int] = None,
+                 names: Optional[Sequence[str]] = None) -> EvalWindows:
   """Cuts each document into consecutive `seq_len` windows (the last one padded).
 
   With `shuffle_seed`, the windows are put in a fixed random order, so that the first few
-  batches (used for quick periodic evaluation) sample the whole split.
+  batches (used for quick periodic evaluation) sample the whole split. `names` (the
+  documents' files) only serve the error messages.
+
+  Raises:
+    DataError: when every document is empty, or the windows would not fit in memory
+      (`check_eval_memory`).
   """
-  tokens, masks = [], []
-  for doc in docs:
-    for start in range(0, len(doc), seq_len):
-      piece = doc[start:start + seq_len]
-      row = np.zeros((seq_len,), np.int32)
-      row[:len(piece)] = piece
-      mask = np.zeros((seq_len,), np.float32)
-      mask[:len(piece)] = 1.0
-      tokens.append(row)
-      masks.append(mask)
-  if not tokens:
+  count = check_eval_memory([len(d) for d in docs], seq_len, names=names)
+  if not count:
     raise DataError("no bytes to evaluate: every matching file is empty")
-  tokens, masks = np.stack(tokens), np.stack(masks)
+  tokens = np.zeros((count, seq_len), np.int32)
+  masks = np.zeros((count, seq_len), np.float32)
+  row = 0
+  for doc in docs:
+    full = len(doc) // seq_len
+    tokens[row:row + full] = np.asarray(doc[:full * seq_len]).reshape(full, seq_len)
+    masks[row:row + full] = 1.0
+    row += full
+    rest = len(doc) - full * seq_len
+    if rest:
+      tokens[row, :rest] = doc[full * seq_len:]
+      masks[row, :rest] = 1.0
+      row += 1
   if shuffle_seed is not None:
     order = np.random.default_rng(shuffle_seed).permutation(len(tokens))
     tokens, masks = tokens[order], masks[order]
