@@ -34,6 +34,8 @@ import numpy as np
 from absl import app, flags
 
 from megabyte_jax import ByteTransformer, Megabyte, MegabyteConfig, TransformerConfig, generate
+from megabyte_jax import fused_decode
+from megabyte_jax.generation import cached_logits
 from megabyte_jax.flops import model_cost
 from megabyte_jax.sampling import sample_uncached
 from megabyte_jax.train_state import init_params
@@ -51,6 +53,11 @@ _DTYPE = flags.DEFINE_string("dtype", None, "Override the compute dtype of both 
 _TF_DIM = flags.DEFINE_integer("transformer_dim", None, "Baseline width (default: preset).")
 _TF_LAYERS = flags.DEFINE_integer("transformer_layers", None, "Baseline depth.")
 _TF_HEADS = flags.DEFINE_integer("transformer_heads", None, "Baseline heads.")
+_FUSED = flags.DEFINE_list("fused", ["auto"], "fused_decode.MODE values to time, in order "
+                           "(auto: the fused local step on GPU where it applies; off: XLA).")
+_CHECK_BYTES = flags.DEFINE_integer("check_bytes", 0, "If > 0 and several --fused modes are "
+                                    "given: compare their teacher-forced logits over this many "
+                                    "bytes (batch 1) and report the largest difference.")
 
 
 def configs() -> tuple[MegabyteConfig, TransformerConfig]:
@@ -133,6 +140,27 @@ def time_uncached(name, model, params, prompt_len, num_bytes) -> dict:
           "compile_s": round(compile_s, 2)}
 
 
+def _local_spec(cfg):
+  from megabyte_jax.megabyte import local_spec   # pylint: disable=import-outside-toplevel
+  return local_spec(cfg) if isinstance(cfg, MegabyteConfig) else None
+
+
+def compare_modes(name, model, params, modes, num_bytes) -> dict:
+  """Teacher-forced logits of the cached decoder under each `fused_decode.MODE`, against the
+  first: the largest absolute difference and how often the argmax agrees."""
+  tokens = np.random.default_rng(1).integers(0, 256, (1, num_bytes + 1)).astype(np.int32)
+  logits = {}
+  for mode in modes:
+    fused_decode.MODE = mode
+    logits[mode] = np.asarray(cached_logits(model, {"params": params}, tokens, 1))
+  base = logits[modes[0]]
+  return {"what": "fused_check", "model": name, "bytes": num_bytes, "against": modes[0],
+          **{mode: {"max_abs_logit_diff": float(np.max(np.abs(l - base))),
+                    "logit_scale": float(np.max(np.abs(base))),
+                    "argmax_agreement": float(np.mean(l.argmax(-1) == base.argmax(-1)))}
+             for mode, l in logits.items() if mode != modes[0]}}
+
+
 def main(argv):
   del argv
   mb_cfg, tf_cfg = configs()
@@ -150,11 +178,18 @@ def main(argv):
   for name in _MODELS.value:
     model, cfg = models[name]
     params = random_params(model, cfg.seq_len)
-    for batch in (int(b) for b in _BATCHES.value):
-      record = time_cached(name, model, params, batch, _PROMPT_LEN.value, num_bytes,
-                           _REPEATS.value)
-      record["params"] = params_count[name]
-      _emit(record)
+    for mode in _FUSED.value:
+      fused_decode.MODE = mode
+      for batch in (int(b) for b in _BATCHES.value):
+        record = time_cached(name, model, params, batch, _PROMPT_LEN.value, num_bytes,
+                             _REPEATS.value)
+        record.update(params=params_count[name], fused_mode=mode,
+                      fused=name == "megabyte" and fused_decode.use_fused(
+                          _local_spec(cfg), batch, cfg.patch_size))
+        _emit(record)
+    if _CHECK_BYTES.value and len(_FUSED.value) > 1:
+      _emit(compare_modes(name, model, params, _FUSED.value, _CHECK_BYTES.value))
+    fused_decode.MODE = "auto"
     if _UNCACHED_BYTES.value:
       record = time_uncached(name, model, params, _PROMPT_LEN.value, _UNCACHED_BYTES.value)
       record["params"] = params_count[name]
