@@ -21,9 +21,9 @@ import sys
 
 from absl import app, flags
 from megabyte_jax.data import load_byte_data, load_eval_files, validation_documents
-from megabyte_jax.data.local_files import read_documents, resolve_files
+from megabyte_jax.data.local_files import check_eval_memory, read_documents, resolve_files
 from megabyte_jax.cli import parse_flags, quiet_logging
-from megabyte_jax.errors import MegabyteError
+from megabyte_jax.errors import InputError, MegabyteError
 from megabyte_jax.scoring import (check_stride, evaluate_windows, make_eval_step,
                                   strided_windows)
 from megabyte_jax.workdir import load_trained
@@ -46,18 +46,23 @@ def main(argv):
   if not _WORKDIR.value:
     sys.exit("error: --workdir is required (the directory training wrote)")
   try:
+    if _BATCH.value is not None and _BATCH.value < 1:
+      raise InputError(f"--batch_size must be at least 1, got {_BATCH.value}")
     config, model, params, step = load_trained(_WORKDIR.value, _STEP.value)
     seq_len = config.model.seq_len
     stride = _STRIDE.value
     if stride is not None:
       patch_size = model.config.patch_size
       check_stride(stride, seq_len, patch_size)
+      names = None
       if _FILES.value:
-        docs = read_documents(resolve_files(_FILES.value)[1])
+        names = resolve_files(_FILES.value, max_file_bytes=None)[1]
+        docs = read_documents(names)
         source = _FILES.value
       else:
         docs = validation_documents(config.data, patch_size)
         source = f"{config.data.files} (validation)"
+      check_eval_memory([len(d) for d in docs], seq_len, stride, names)
       windows, files = strided_windows(docs, seq_len, stride, patch_size), len(docs)
     elif _FILES.value:
       windows, files = load_eval_files(_FILES.value, seq_len)

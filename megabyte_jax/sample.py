@@ -18,12 +18,22 @@ Images: for a model trained on images (`data.name=image_folder`), `--output=NAME
 the prompt and continuation as a PNG of the training images' size, channels and scan order
 (`megabyte_jax.data.codecs.bytes_to_image`; missing pixels black), and `--num_bytes`
 defaults to what completes one image.
+
+Odd input never gives a traceback: a prompt file is taken byte for byte (any bytes), a
+`--prompt` holding bytes that are not UTF-8 (the shell passes them through) is taken as
+those bytes, and printing replaces what the terminal's encoding cannot show. User mistakes
+(a missing or untrained `--workdir`, an unreadable `--prompt_file`, a negative or huge
+`--num_bytes`, bad sampling options) end with one line `error: ...`.
+
+`run_sample(workdir, ...)` does the same from Python (it raises instead of exiting).
+Importing this module defines no command-line flags; running it does.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from typing import Any, Optional, Sequence, TextIO
 
 import jax
 import numpy as np
@@ -34,52 +44,70 @@ from megabyte_jax.errors import InputError, MegabyteError
 from megabyte_jax.generation import generate
 from megabyte_jax.workdir import load_trained
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training directory (holds config.json).")
-_PROMPT = flags.DEFINE_string("prompt", None, "Prompt text (UTF-8); default: config.sample.prompt.")
-_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "Read the prompt bytes from this file.")
-_NUM_BYTES = flags.DEFINE_integer("num_bytes", None,
-                                  "Bytes to generate; default: config.sample.num_bytes.")
-_OUTPUT = flags.DEFINE_string("output", None, "Write the bytes (prompt + continuation) to "
-                              "this file instead of printing them; NAME.png writes an image "
-                              "(models trained on images).")
-_TEMPERATURE = flags.DEFINE_float("temperature", None,
-                                  "Softmax temperature, 0 = greedy; default: config.")
-_TOP_K = flags.DEFINE_integer("top_k", None, "Sample from the K most likely bytes only.")
-_TOP_P = flags.DEFINE_float("top_p", None, "Nucleus sampling: keep the most likely bytes "
-                            "up to this total probability, in (0, 1].")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed of the sampler.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.")
-_STOP = flags.DEFINE_list("stop_bytes", None, "Comma-separated byte values (0..255) that end "
-                          "the continuation, e.g. 10 for a newline.")
-_SLIDE = flags.DEFINE_bool("slide", False, "Let the context window slide forward when the "
-                           "prompt plus continuation is longer than the model's seq_len.")
-_BATCH = flags.DEFINE_integer("num_samples", 1, "Independent continuations to draw (with "
-                              "--output, written one after another).")
+MAX_TOTAL_BYTES = 2 ** 31 - 1   # positions are int32: prompt + continuation stay below this
 
 
-def _prompt_bytes(config) -> bytes:
-  if _PROMPT.value is not None and _PROMPT_FILE.value:
+def _define_flags() -> None:
+  """The command line's flags (defined only when the module runs, so that importing it next
+  to `megabyte_jax.train` or `megabyte_jax.evaluate` defines no flag twice)."""
+  flags.DEFINE_string("workdir", None, "Training directory (holds config.json).")
+  flags.DEFINE_string("prompt", None, "Prompt text (UTF-8; bytes that are not UTF-8 are "
+                      "taken as they are); default: config.sample.prompt.")
+  flags.DEFINE_string("prompt_file", None, "Read the prompt bytes from this file.")
+  flags.DEFINE_integer("num_bytes", None, "Bytes to generate; default: config.sample.num_bytes.")
+  flags.DEFINE_string("output", None, "Write the bytes (prompt + continuation) to this file "
+                      "instead of printing them; NAME.png writes an image (models trained on "
+                      "images).")
+  flags.DEFINE_float("temperature", None, "Softmax temperature, 0 = greedy; default: config.")
+  flags.DEFINE_integer("top_k", None, "Sample from the K most likely bytes only.")
+  flags.DEFINE_float("top_p", None, "Nucleus sampling: keep the most likely bytes up to this "
+                     "total probability, in (0, 1].")
+  flags.DEFINE_integer("seed", 0, "Random seed of the sampler.")
+  flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.")
+  flags.DEFINE_list("stop_bytes", None, "Comma-separated byte values (0..255) that end the "
+                    "continuation, e.g. 10 for a newline.")
+  flags.DEFINE_bool("slide", False, "Let the context window slide forward when the prompt "
+                    "plus continuation is longer than the model's seq_len.")
+  flags.DEFINE_integer("num_samples", 1, "Independent continuations to draw (with --output, "
+                       "written one after another).")
+
+
+def read_prompt(prompt: Optional[str] = None, prompt_file: Optional[str] = None
+                ) -> Optional[bytes]:
+  """The prompt's bytes, or None when neither `prompt` nor `prompt_file` is given.
+
+  A file is taken byte for byte. Text is encoded as UTF-8, except that bytes which were not
+  UTF-8 on the command line (Python decodes them to lone surrogates, "surrogateescape")
+  come back as the bytes they were.
+
+  Raises:
+    InputError: both given, an unreadable file (named), or text that cannot be encoded.
+  """
+  if prompt is not None and prompt_file:
     raise InputError("give --prompt or --prompt_file, not both")
-  if _PROMPT_FILE.value:
+  if prompt_file:
     try:
-      with open(_PROMPT_FILE.value, "rb") as f:
+      with open(prompt_file, "rb") as f:
         return f.read()
     except OSError as e:
-      raise InputError(f"cannot read --prompt_file {_PROMPT_FILE.value}: "
-                       f"{e.strerror or e}") from e
-  if _PROMPT.value is not None:
-    return _PROMPT.value.encode("utf-8")
-  return str(config.sample.prompt).encode("utf-8")
-
-
-def _stop_bytes() -> list[int] | None:
-  if not _STOP.value:
+      raise InputError(f"cannot read --prompt_file {prompt_file}: {e.strerror or e}") from e
+  if prompt is None:
     return None
   try:
-    return [int(v, 0) for v in _STOP.value]
-  except ValueError:
+    return prompt.encode("utf-8", "surrogateescape")
+  except UnicodeEncodeError as e:
+    raise InputError(f"--prompt is not text: {e.reason} at character {e.start} "
+                     f"({prompt[e.start]!r}); put raw bytes in a --prompt_file") from None
+
+
+def _stop_bytes(values: Optional[Sequence[Any]]) -> Optional[list[int]]:
+  if not values:
+    return None
+  try:
+    return [v if isinstance(v, int) else int(v, 0) for v in values]
+  except (TypeError, ValueError):
     raise InputError(f"--stop_bytes must be byte values such as 10,0x3b; got "
-                     f"{','.join(_STOP.value)}") from None
+                     f"{','.join(map(str, values))}") from None
 
 
 def _image_format(config, model_cfg) -> dict:
@@ -108,62 +136,105 @@ def _write_png(path: str, data: bytes, image: dict) -> None:
   Image.fromarray(pixels[:, :, 0] if image["channels"] == 1 else pixels).save(path)
 
 
-def main(argv):
-  quiet_logging()
-  del argv
-  if not _WORKDIR.value:
-    sys.exit("error: --workdir is required (the directory training wrote)")
-  try:
-    if _BATCH.value < 1:
-      raise InputError(f"--num_samples must be at least 1, got {_BATCH.value}")
-    png = bool(_OUTPUT.value) and _OUTPUT.value.lower().endswith(".png")
-    if png and _BATCH.value > 1:
-      raise InputError("--output=*.png writes one image; use --num_samples=1")
-    config, model, params, step = load_trained(_WORKDIR.value, _STEP.value)
-    image = _image_format(config, model.config) if png else None
-    prompt = np.frombuffer(_prompt_bytes(config), np.uint8)
-    if _NUM_BYTES.value is not None:
-      num_bytes = _NUM_BYTES.value
-    elif image:
-      num_bytes = max(0, image["height"] * image["width"] * image["channels"] - prompt.size)
-    else:
-      num_bytes = config.sample.num_bytes
-    temperature = (config.sample.temperature if _TEMPERATURE.value is None
-                   else _TEMPERATURE.value)
-    top_k = config.sample.top_k if _TOP_K.value is None else _TOP_K.value
-    rows = np.broadcast_to(prompt, (_BATCH.value, prompt.size))
-    start = time.perf_counter()
-    out = generate(model, {"params": params}, rows, num_bytes, jax.random.key(_SEED.value),
-                   temperature=temperature, top_k=top_k, top_p=_TOP_P.value,
-                   stop_bytes=_stop_bytes(), slide=_SLIDE.value)
-    out = np.asarray(out)
-    seconds = time.perf_counter() - start
-  except MegabyteError as e:
-    sys.exit(f"error: {e}")
+def _print_text(text: str, stream: TextIO) -> None:
+  """Writes `text`, replacing what the stream's encoding cannot show (e.g. `?` for U+FFFD
+  on an ASCII terminal) instead of failing."""
+  encoding = getattr(stream, "encoding", None) or "utf-8"
+  stream.write(text.encode(encoding, "replace").decode(encoding))
+
+
+def run_sample(workdir: str, prompt: Optional[str] = None, prompt_file: Optional[str] = None,
+               num_bytes: Optional[int] = None, output: Optional[str] = None,
+               temperature: Optional[float] = None, top_k: Optional[int] = None,
+               top_p: Optional[float] = None, seed: int = 0, step: Optional[int] = None,
+               stop_bytes: Optional[Sequence[Any]] = None, slide: bool = False,
+               num_samples: int = 1, stdout: Optional[TextIO] = None,
+               stderr: Optional[TextIO] = None) -> list[bytes]:
+  """The sample command (the flags of the same names; see the module docstring).
+
+  Prints each sample (prompt and continuation) to `stdout` as UTF-8 text with invalid bytes
+  shown as U+FFFD, or writes the raw bytes (or a PNG) to `output` and says so on `stderr`.
+
+  Returns:
+    The samples' bytes, prompt included (after a stop byte, a sample ends).
+
+  Raises:
+    MegabyteError (InputError, ConfigError, CheckpointError): one-line user mistakes; the
+      prompt and the numbers are checked before the model is loaded where they can be.
+  """
+  stdout = sys.stdout if stdout is None else stdout
+  stderr = sys.stderr if stderr is None else stderr
+  if num_samples < 1:
+    raise InputError(f"--num_samples must be at least 1, got {num_samples}")
+  if num_bytes is not None and not 0 <= num_bytes <= MAX_TOTAL_BYTES:
+    raise InputError(f"--num_bytes must be in 0..{MAX_TOTAL_BYTES:,}, got {num_bytes}")
+  png = bool(output) and output.lower().endswith(".png")
+  if png and num_samples > 1:
+    raise InputError("--output=*.png writes one image; use --num_samples=1")
+  given = read_prompt(prompt, prompt_file)
+  stops = _stop_bytes(stop_bytes)
+  config, model, params, step = load_trained(workdir, step)
+  image = _image_format(config, model.config) if png else None
+  if given is None:
+    given = str(config.sample.prompt).encode("utf-8", "surrogateescape")
+  prompt_bytes = np.frombuffer(given, np.uint8)
+  if num_bytes is None and image:
+    num_bytes = max(0, image["height"] * image["width"] * image["channels"] - prompt_bytes.size)
+  elif num_bytes is None:
+    num_bytes = int(config.sample.num_bytes)
+  if prompt_bytes.size + num_bytes > MAX_TOTAL_BYTES:
+    raise InputError(f"the prompt ({prompt_bytes.size:,} bytes) plus --num_bytes={num_bytes:,} "
+                     f"is more than {MAX_TOTAL_BYTES:,} bytes")
+  temperature = config.sample.temperature if temperature is None else temperature
+  top_k = config.sample.top_k if top_k is None else top_k
+  rows = np.broadcast_to(prompt_bytes, (num_samples, prompt_bytes.size))
+  start = time.perf_counter()
+  out = np.asarray(generate(model, {"params": params}, rows, num_bytes, jax.random.key(seed),
+                            temperature=temperature, top_k=top_k, top_p=top_p,
+                            stop_bytes=stops, slide=slide))
+  seconds = time.perf_counter() - start
   texts = [bytes(row[row >= 0].astype(np.uint8)) for row in out]   # -1: after a stop byte
   logging.info("step %d: %d x %d bytes in %.2f s (compilation included)", step, len(texts),
                num_bytes, seconds)
-  if _OUTPUT.value:
+  if output:
     try:
       if image:
-        _write_png(_OUTPUT.value, texts[0], image)
+        _write_png(output, texts[0], image)
       else:
-        with open(_OUTPUT.value, "wb") as f:
+        with open(output, "wb") as f:
           f.write(b"".join(texts))
     except (OSError, MegabyteError) as e:
       reason = getattr(e, "strerror", None) or e
-      sys.exit(f"error: cannot write --output {_OUTPUT.value}: {reason}")
+      raise InputError(f"cannot write --output {output}: {reason}") from e
     what = (f"a {image['height']}x{image['width']} image" if image
             else f"{sum(map(len, texts))} bytes")
-    print(f"wrote {what} to {_OUTPUT.value}", file=sys.stderr)
-    return
+    _print_text(f"wrote {what} to {output}\n", stderr)
+    return texts
   for i, text in enumerate(texts):
     if len(texts) > 1:
-      print(f"--- sample {i}")
-    sys.stdout.write(text.decode("utf-8", errors="replace"))
-    sys.stdout.write("\n")
-  sys.stdout.flush()
+      _print_text(f"--- sample {i}\n", stdout)
+    _print_text(text.decode("utf-8", errors="replace") + "\n", stdout)
+  stdout.flush()
+  return texts
+
+
+def main(argv):
+  """The command: `run_sample` with the flags' values; a user mistake exits with one line."""
+  quiet_logging()
+  del argv
+  values = flags.FLAGS
+  if not values.workdir:
+    sys.exit("error: --workdir is required (the directory training wrote)")
+  try:
+    run_sample(values.workdir, prompt=values.prompt, prompt_file=values.prompt_file,
+               num_bytes=values.num_bytes, output=values.output,
+               temperature=values.temperature, top_k=values.top_k, top_p=values.top_p,
+               seed=values.seed, step=values.step, stop_bytes=values.stop_bytes,
+               slide=values.slide, num_samples=values.num_samples)
+  except MegabyteError as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main, flags_parser=parse_flags)

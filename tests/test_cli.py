@@ -86,11 +86,29 @@ def test_training_resumes_from_workdir_alone(trained, tmp_path):
     (["megabyte_jax.train", "--nosuchflag"], "Unknown command line flag 'nosuchflag'"),
     (["megabyte_jax.train", f"--config={TINY}", "--workdir={tmp}/run", "--config.mesh.data=3"],
      "has 3 devices, but 1 are available; use -1 for one axis"),
+    (["megabyte_jax.sample"], "error: --workdir is required"),
+    (["megabyte_jax.sample", "--workdir={tmp}/missing"], "not a training directory"),
+    (["megabyte_jax.sample", "--workdir={tmp}"], "no config.json in"),           # empty
+    (["megabyte_jax.sample", "--workdir={tmp}", "--prompt_file={tmp}/none.txt"],
+     "cannot read --prompt_file {tmp}/none.txt: No such file or directory"),
+    (["megabyte_jax.sample", "--workdir={tmp}", "--prompt_file={tmp}"],
+     "cannot read --prompt_file {tmp}: Is a directory"),
+    (["megabyte_jax.sample", "--workdir={tmp}", "--prompt=a", "--prompt_file={tmp}"],
+     "give --prompt or --prompt_file, not both"),
+    (["megabyte_jax.sample", "--workdir={tmp}", "--num_bytes=-1"],
+     "--num_bytes must be in 0..2,147,483,647, got -1"),
+    (["megabyte_jax.sample", "--workdir={tmp}", "--num_bytes=10000000000000000000000",
+      "--slide"], "--num_bytes must be in 0..2,147,483,647, got 10000000000000000000000"),
+    (["megabyte_jax.sample", "--workdir={tmp}", "--num_bytes=many"],
+     "--num_bytes=many: invalid literal"),
+    (["megabyte_jax.evaluate"], "error: --workdir is required"),
+    (["megabyte_jax.evaluate", "--workdir={tmp}", "--batch_size=0"],
+     "--batch_size must be at least 1, got 0"),
 ])
 def test_user_errors_are_one_clear_line(args, message, tmp_path):
   proc = run_module(*[a.format(tmp=tmp_path) for a in args], check=False)
   assert proc.returncode != 0
-  assert message in proc.stderr
+  assert message.format(tmp=tmp_path) in proc.stderr
   assert "Traceback" not in proc.stderr
 
 
@@ -106,3 +124,38 @@ def test_corrupt_checkpoint_is_reported(trained, tmp_path):
   proc = run_module("megabyte_jax.evaluate", f"--workdir={copy}", check=False)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert "cannot restore the checkpoint of step 12" in proc.stderr
+
+
+def _run_sample(workdir, *args, encoding="utf-8"):
+  """The sample CLI with (possibly non-UTF-8) byte arguments and a stdout encoding."""
+  import subprocess
+  import sys
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             PYTHONIOENCODING=encoding)
+  return subprocess.run([sys.executable, "-m", "megabyte_jax.sample", f"--workdir={workdir}",
+                         *args], cwd=REPO, env=env, capture_output=True, timeout=600)
+
+
+def test_sample_cli_takes_any_prompt_bytes_and_any_terminal(trained, tmp_path):
+  """Bytes that are not UTF-8, typed as --prompt or in a --prompt_file, are sampled from as
+  they are; an ASCII-only stdout shows `?` where U+FFFD cannot be shown; a workdir without
+  checkpoints is one line. (The in-process property tests cover random bytes.)"""
+  import shutil
+  workdir, _, _ = trained
+  raw = b"\xff\xfeab\x80\xc3\xa9"                      # invalid UTF-8, then a valid "é"
+  out = tmp_path / "out.bin"
+  proc = _run_sample(workdir, b"--prompt=" + raw, "--num_bytes=8", f"--output={out}")
+  assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+  assert out.read_bytes()[:len(raw)] == raw and len(out.read_bytes()) == len(raw) + 8
+  (tmp_path / "prompt.bin").write_bytes(raw)
+  proc = _run_sample(workdir, f"--prompt_file={tmp_path / 'prompt.bin'}", "--num_bytes=0",
+                     encoding="ascii")
+  assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert proc.stdout == b"??ab??\n"              # U+FFFD x3 and "é": not ASCII, shown as ?
+  bare = tmp_path / "no_checkpoints"
+  bare.mkdir()
+  shutil.copy(os.path.join(workdir, "config.json"), bare)
+  proc = _run_sample(str(bare))
+  assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+  assert proc.stderr.decode().strip().splitlines()[-1] == (
+      f"error: no checkpoint in {bare}/checkpoints: has training run?")
