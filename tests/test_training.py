@@ -154,14 +154,19 @@ def test_finished_run_can_be_extended(corpus, tmp_path):
 
 
 def test_train_throughput_benchmark_runs_on_cpu():
-  """The training benchmark prints one JSON line with the figures BENCHMARKS.md uses."""
+  """The training benchmark prints one JSON line with the figures BENCHMARKS.md uses, and
+  with --check_numerics the bf16 fast path's loss agrees with the float32 reference path's
+  on the same parameters and batch to bf16 tolerance."""
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "bench", "train_throughput.py"),
-       "--config=experiments/configs/tiny.py", "--steps=2", "--repeats=2", "--warmup=1"],
+       "--config=experiments/configs/tiny.py", "--steps=2", "--repeats=2", "--warmup=1",
+       "--config.model.dtype=bfloat16", "--check_numerics"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
-  (record,) = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+  record, check = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+  assert check["what"] == "numerics_check" and check["fast_dtype"] == "bfloat16"
+  assert 0 <= check["rel_diff"] < 1e-2 and check["loss_reference"] > 4   # ~ln 256: random
   assert record["what"] == "train_step" and record["model"] == "Megabyte"
   assert record["bytes_per_step"] == record["batch"] * record["seq_len"] == 4 * 64
   assert record["step_s_min"] <= record["step_s"] <= record["step_s_max"]

@@ -42,6 +42,8 @@ from ml_collections import config_flags
 
 from megabyte_jax import sharding
 from megabyte_jax.flops import model_cost
+from megabyte_jax.losses import byte_nll
+from megabyte_jax.models import build_model
 from megabyte_jax.train_step import fresh_training
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/reference.py",
@@ -52,6 +54,9 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 _PEAK = flags.DEFINE_float("peak_tflops", 805.0, "Matmul peak for MFU, TFLOP/s.")
 _PEER = flags.DEFINE_string("peer", None, "Peer benchmark script to run after ours.")
 _PEER_ARGS = flags.DEFINE_string("peer_args", "", "Arguments for the peer script.")
+_CHECK = flags.DEFINE_bool("check_numerics", False, "Also compare the loss of the fast path "
+                            "(the config as given) with the reference path (float32 compute, "
+                            "XLA attention) on the same parameters and batch, and print it.")
 _PEER_PATH = flags.DEFINE_string("peer_pythonpath", "/tmp/peer",
                                  "PYTHONPATH of the peer's own packages.")
 
@@ -107,6 +112,27 @@ def measure(config) -> dict:
       "loss": float(metrics["loss"])}
 
 
+def compare_with_reference_path(config) -> dict:
+  """Loss of the config's fast path (its compute dtype, attention implementation) and of the
+  reference path (float32 compute, XLA attention) on the same parameters and random batch:
+  throughput must not come from different numerics. Returns the JSON record."""
+  model, cfg = build_model(config.model)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (
+      min(int(config.train.batch_size), 8), cfg.seq_len)), jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), tokens[:1])["params"]
+  reference, _ = build_model({**config.model.to_dict(), "dtype": "float32",
+                              "attention_impl": "xla"})
+  losses = {}
+  for name, m in (("fast", model), ("reference", reference)):
+    loss = jax.jit(lambda p, t, m=m: byte_nll(m.apply({"params": p}, t), t).mean())
+    losses[name] = float(loss(params, tokens))
+  diff = abs(losses["fast"] - losses["reference"])
+  return {"what": "numerics_check", "fast_dtype": cfg.dtype,
+          "fast_attention": cfg.attention_impl, "loss_fast": losses["fast"],
+          "loss_reference": losses["reference"], "abs_diff": diff,
+          "rel_diff": diff / abs(losses["reference"])}
+
+
 def run_peer() -> list[dict]:
   """Runs the peer script (before JAX takes the GPU) and returns its JSON records."""
   env = dict(os.environ, PYTHONPATH=_PEER_PATH.value)
@@ -126,6 +152,8 @@ def main(argv):
   peer = run_peer() if _PEER.value else []
   ours = measure(_CONFIG.value)
   print(json.dumps(ours), flush=True)
+  if _CHECK.value:
+    print(json.dumps(compare_with_reference_path(_CONFIG.value)), flush=True)
   for record in peer:
     if record.get("what") == "train" and record.get("bytes_per_s"):
       record["ours_bytes_per_s"] = ours["bytes_per_s"]
