@@ -8,11 +8,18 @@ parameter is created.
 Naming follows the paper's tables: `global_dim` is the width of the global transformer
 (P * D_G, the tables' "global D"), so each byte's global embedding has
 `global_dim // patch_size` dimensions; `local_dim` is D_L.
+
+Variants of the paper (Section 2.3) and deeper hierarchies are switches on the same config,
+off by default (the default model, its parameter tree and its checkpoints are unchanged):
+`conv_kernel_sizes` (a causal convolutional patch encoder), `cross_patch` (local attention
+to the previous patch's last keys and values, with rotary positions) and `patch_sizes` with
+`mid_dims`/`mid_layers`/`mid_heads` (N > 2 levels).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
@@ -28,6 +35,7 @@ _ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
+
 def _check_positive_int(name: str, value: Any) -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
     raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -37,6 +45,15 @@ def _check_divides(name: str, value: int, divisor_name: str, divisor: int) -> No
   if value % divisor:
     raise ConfigError(
         f"{name}={value} must be a multiple of {divisor_name}={divisor}")
+
+
+def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
+  """`value` (a tuple or list of positive ints, e.g. from a JSON config) as a tuple."""
+  if not isinstance(value, (tuple, list)):
+    raise ConfigError(f"{name} must be a tuple of positive integers, got {value!r}")
+  for item in value:
+    _check_positive_int(f"every entry of {name}", item)
+  return tuple(value)
 
 
 def resolve_dtype(name: str) -> Any:
@@ -147,6 +164,25 @@ class MegabyteConfig(_CommonConfig):
     scan_layers: run each stack's blocks with `nn.scan` (one compiled block, stacked
       parameters with a leading "layers" axis): much faster compiles for deep models; the
       parameter tree differs (`layers.stack_block_params` converts).
+    patch_sizes: for a hierarchy of N > 2 levels, the N-1 patch sizes from coarse to fine:
+      with `(P1, P2, ..., P_{N-1})` the global model steps over patches of `patch_size` =
+      P1 * ... * P_{N-1} bytes (their product must equal `patch_size`), the level-1 model
+      runs within each global patch over P1 units of P2 * ... * P_{N-1} bytes, and so on
+      down to the local model over P_{N-1} bytes. Each level's output, split into one slice
+      per unit of the next finer level and projected to its width, is added to that level's
+      input (as the global output conditions the local model in the 2-level model).
+      Empty (the default) or `(patch_size,)`: the paper's two levels.
+    mid_dims, mid_layers, mid_heads: width, blocks and attention heads of the N-2 levels
+      between the global and the local model (coarse to fine; empty for two levels). A
+      level whose units hold U bytes embeds each byte in `mid_dims[i] // U` dimensions and
+      concatenates the U of them, like the global model's patch embedder, so `mid_dims[i]`
+      must be a multiple of U.
+    conv_kernel_sizes: causal 1-D convolutions (e.g. `(3, 5, 7)`, the paper's Section
+      2.3.1) applied in turn, each as `x + act(conv(x))`, to the global model's byte
+      embeddings before they are cut into patches. Empty: no convolutional encoder.
+    cross_patch: r > 0 lets each local attention layer also attend to the last r keys and
+      values of the previous patch (Section 2.3.2), with rotary position embeddings on the
+      local queries and keys (so the local head width must be even). 0: off.
   """
 
   seq_len: int
@@ -173,13 +209,31 @@ class MegabyteConfig(_CommonConfig):
   attention_impl: str = "auto"
   remat: str = "none"
   scan_layers: bool = False
+  patch_sizes: tuple[int, ...] = ()
+  mid_dims: tuple[int, ...] = ()
+  mid_layers: tuple[int, ...] = ()
+  mid_heads: tuple[int, ...] = ()
+  conv_kernel_sizes: tuple[int, ...] = ()
+  cross_patch: int = 0
 
   def __post_init__(self):
     self._validate_common()
     for name in ("patch_size", "global_dim", "global_layers", "global_heads", "local_dim",
                  "local_layers", "local_heads"):
       _check_positive_int(name, getattr(self, name))
-    _check_divides("seq_len", self.seq_len, "patch_size", self.patch_size)
+    for name in ("patch_sizes", "mid_dims", "mid_layers", "mid_heads", "conv_kernel_sizes"):
+      # Frozen dataclass: normalise lists (JSON configs) to tuples, which keep it hashable.
+      object.__setattr__(self, name, _int_tuple(name, getattr(self, name)))
+    if self.patch_sizes == (self.patch_size,):
+      object.__setattr__(self, "patch_sizes", ())      # the 2-level model, spelt out
+    self._validate_levels()
+    if self.patch_sizes:
+      if self.seq_len % self.patch_size:
+        raise ConfigError(
+            f"seq_len={self.seq_len} must be a multiple of the product of patch_sizes "
+            f"{self.patch_sizes} = {self.patch_size}")
+    else:
+      _check_divides("seq_len", self.seq_len, "patch_size", self.patch_size)
     _check_divides("global_dim", self.global_dim, "patch_size", self.patch_size)
     for scale in ("global", "local"):
       head_dim = getattr(self, f"{scale}_head_dim")
@@ -188,6 +242,34 @@ class MegabyteConfig(_CommonConfig):
                        getattr(self, f"{scale}_heads"))
       else:
         _check_positive_int(f"{scale}_head_dim", head_dim)
+    if isinstance(self.cross_patch, bool) or not isinstance(self.cross_patch, int) \
+        or not 0 <= self.cross_patch <= self.local_patch_size:
+      raise ConfigError(
+          f"cross_patch must be an integer in 0..{self.local_patch_size} (the local patch "
+          f"size), got {self.cross_patch!r}")
+    if self.cross_patch and self.local_attention_head_dim % 2:
+      raise ConfigError(
+          f"cross_patch uses rotary position embeddings, which need an even local head width;"
+          f" got local_attention_head_dim={self.local_attention_head_dim}")
+
+  def _validate_levels(self) -> None:
+    """Checks `patch_sizes` and the `mid_*` fields of a deeper hierarchy."""
+    mids = len(self.patch_sizes) - 1 if self.patch_sizes else 0
+    if self.patch_sizes and math.prod(self.patch_sizes) != self.patch_size:
+      raise ConfigError(
+          f"patch_sizes {self.patch_sizes} multiply to {math.prod(self.patch_sizes)}, but "
+          f"patch_size={self.patch_size}: patch_size is the bytes of one global patch, the "
+          f"product of patch_sizes")
+    for name in ("mid_dims", "mid_layers", "mid_heads"):
+      if len(getattr(self, name)) != mids:
+        raise ConfigError(
+            f"{name} must have one entry per level between the global and the local model "
+            f"({mids} for patch_sizes={self.patch_sizes}), got {getattr(self, name)}")
+    units = self.unit_sizes
+    for i, (dim, heads) in enumerate(zip(self.mid_dims, self.mid_heads)):
+      _check_divides(f"mid_dims[{i}]", dim, f"mid_heads[{i}]", heads)
+      _check_divides(f"mid_dims[{i}]", dim, f"the bytes per unit of level {i + 1}",
+                     units[i + 1])
 
   @property
   def num_patches(self) -> int:
@@ -203,6 +285,32 @@ class MegabyteConfig(_CommonConfig):
   def global_attention_head_dim(self) -> int:
     """Per-head width of global attention."""
     return self.global_head_dim or self.global_dim // self.global_heads
+
+  @property
+  def levels(self) -> int:
+    """N, the number of levels: the global model, `len(mid_dims)` middle ones, the local."""
+    return max(2, len(self.patch_sizes) + 1)
+
+  @property
+  def level_patch_sizes(self) -> tuple[int, ...]:
+    """The N-1 patch sizes, coarse to fine (`(patch_size,)` for two levels): entry l-1 is
+    how many units level l runs over within one unit of level l-1."""
+    return self.patch_sizes or (self.patch_size,)
+
+  @property
+  def unit_sizes(self) -> tuple[int, ...]:
+    """Bytes per position of each level, coarse to fine: `patch_size` for the global model,
+    ..., 1 for the local model (N entries)."""
+    sizes, unit = [], 1
+    for p in reversed(self.level_patch_sizes):
+      sizes.append(unit)
+      unit *= p
+    return (unit, *reversed(sizes))
+
+  @property
+  def local_patch_size(self) -> int:
+    """Bytes the local model runs over at once (the finest patch size)."""
+    return self.level_patch_sizes[-1]
 
   @property
   def local_attention_head_dim(self) -> int:

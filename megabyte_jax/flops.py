@@ -10,7 +10,8 @@ comparisons.
 
 For MEGABYTE the global model runs once per patch, so its per-byte cost is divided by P:
 per byte, forward FLOPs = 2 * (m_global / P + m_local + projections) + attention, the
-paper's `2 T (m_g / P + m_l)` (Section 3) made exact.
+paper's `2 T (m_g / P + m_l)` (Section 3) made exact. Deeper hierarchies add each middle
+level's share the same way (its cost divided by the bytes per unit it runs once for).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Optional, Union
 
 from megabyte_jax.config import MegabyteConfig, TransformerConfig
 from megabyte_jax.layers import StackSpec
-from megabyte_jax.megabyte import global_spec, local_spec
+from megabyte_jax.megabyte import global_spec, level_dim, level_spec
 from megabyte_jax.transformer import stack_spec
 
 ModelConfig = Union[MegabyteConfig, TransformerConfig]
@@ -97,19 +98,34 @@ def _head_params(dim: int, cfg: ModelConfig) -> int:
 
 
 def megabyte_cost(cfg: MegabyteConfig, seq_len: Optional[int] = None) -> CostReport:
-  """Parameters and per-byte FLOPs of `Megabyte(cfg)` on sequences of `seq_len` bytes."""
+  """Parameters and per-byte FLOPs of `Megabyte(cfg)` on sequences of `seq_len` bytes.
+
+  Covers every variant: the convolutional patch encoder (`2 * kernel * D_G^2` FLOPs per byte
+  and layer), cross-patch attention (each local query sees `patch + r` keys) and N-level
+  hierarchies (level l runs once per `unit_sizes[l]` bytes, with `level_patch_sizes[l-1]`
+  keys per query, plus the projection of its parent's output slice).
+  """
   t = seq_len or cfg.seq_len
-  p, dg, dl = cfg.patch_size, cfg.byte_global_dim, cfg.local_dim
-  gspec, lspec = global_spec(cfg), local_spec(cfg)
+  units, sizes = cfg.unit_sizes, cfg.level_patch_sizes
+  dg, dl = cfg.byte_global_dim, cfg.local_dim
+  gspec = global_spec(cfg)
   head = _head_params(dl, cfg)
-  embeddings = 256 * dg + cfg.seq_len * dg + cfg.global_dim + 256 * dl + dl + p * dl
-  non_embedding = stack_params(gspec) + stack_params(lspec) + dg * dl + head
-  matmul = 2.0 * (stack_matmul_params(gspec) / p + dg * dl + stack_matmul_params(lspec)
-                  + dl * 256)
-  attention = (_attention_flops_per_position(gspec, t // p) / p
-               + _attention_flops_per_position(lspec, p))
+  embeddings = 256 * dg + cfg.seq_len * dg + cfg.global_dim
+  non_embedding = stack_params(gspec) + head
+  matmul = stack_matmul_params(gspec) / units[0] + dl * 256
+  attention = _attention_flops_per_position(gspec, t // units[0]) / units[0]
+  for size in cfg.conv_kernel_sizes:
+    non_embedding += size * dg * dg + (dg if cfg.use_bias else 0)
+    matmul += size * dg * dg
+  for level in range(1, cfg.levels):
+    spec, dim, s, u = level_spec(cfg, level), level_dim(cfg, level), sizes[level - 1], units[level]
+    projection = level_dim(cfg, level - 1) // s * dim
+    embeddings += 256 * (dim // u) + dim + s * dim           # byte embedding, pad, positions
+    non_embedding += stack_params(spec) + projection
+    matmul += (stack_matmul_params(spec) + projection) / u
+    attention += _attention_flops_per_position(spec, s + spec.cross_patch) / u
   return CostReport(params=embeddings + non_embedding, non_embedding_params=non_embedding,
-                    matmul_flops_per_byte=matmul, attention_flops_per_byte=attention,
+                    matmul_flops_per_byte=2.0 * matmul, attention_flops_per_byte=attention,
                     seq_len=t)
 
 

@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from megabyte_jax.decoding import Decoder, cast_matmul_weights, decoder_for, unbox_params
+from megabyte_jax import fused_decode
+from megabyte_jax.decoding import Decoder, decoder_for, unbox_params
 from megabyte_jax.errors import InputError
 from megabyte_jax.sampling import check_sampling_options, sample_logits
 
@@ -123,7 +124,9 @@ def _decode(decoder: Decoder, params: Any, prompt: jax.Array, rng: jax.Array,
   forcing, to check cached logits against the full forward pass).
 
   Every iteration of the loop covers one whole patch: P local steps, then the global step
-  on the completed patch (or a slide of the window). The first iteration starts at the
+  on the completed patch (or a slide of the window). With N > 2 levels the P bytes of a
+  patch are nested loops over the middle levels' units, each starting with that level's
+  step (`decoder.level_step`), so every level runs once per unit. The first iteration starts at the
   beginning of the patch the prompt ends in; its steps over prompt bytes are teacher-forced
   with those bytes and recompute exactly what the prefill cached, so that every iteration
   has the same shape. Steps past the requested end fill a padding that is cut off.
@@ -192,10 +195,33 @@ def _decode(decoder: Decoder, params: Any, prompt: jax.Array, rng: jax.Array,
       state, start = advance(state, start)
     return state, out, done, start, logits_buf
 
+  units = decoder.unit_sizes   # bytes per unit of each stepped level: (P,) for two levels
+
+  def level_start(level, m, carry):
+    """At `m`, the first byte of a unit of middle level `level`: run that level once (on the
+    bytes of the unit before, or its pad at the first unit of a parent unit)."""
+    state, out, done, start, logits_buf = carry
+    size = units[level]
+    unit = jax.lax.dynamic_slice_in_dim(out, jnp.maximum(m - size, 0), size, axis=1)
+    state = decoder.level_step(level, params, state, m - start, jnp.maximum(unit, 0))
+    return state, out, done, start, logits_buf
+
+  def children(level, n, carry):
+    """Bytes `n .. n + units[level-1] - 1`, one unit of level `level - 1`: each unit of
+    `level` in turn (its own step first, then its children), down to one step per byte."""
+    parent = units[level - 1]
+    if level == len(units):
+      return jax.lax.fori_loop(0, parent, lambda i, c: step(n + i, c), carry,
+                               unroll=_unroll(parent))
+    size = units[level]
+    def unit(j, c):
+      m = n + j * size
+      return children(level + 1, m, level_start(level, m, c))
+    return jax.lax.fori_loop(0, parent // size, unit, carry)
+
   def patch(j, carry):
     n = first + j * psize
-    carry = jax.lax.fori_loop(0, psize, lambda i, c: step(n + i, c), carry,
-                              unroll=_unroll(psize))
+    carry = children(1, n, carry)
     # After the last patch this prepares a patch that never comes: wasted, harmless.
     return boundary(n + psize, carry)
 
@@ -214,12 +240,14 @@ def _decode(decoder: Decoder, params: Any, prompt: jax.Array, rng: jax.Array,
 @functools.lru_cache(maxsize=64)
 def _compiled(model_type: type, config: Any, num_bytes: int, temperature: float,
               top_k: Optional[int], top_p: Optional[float], stop_bytes: tuple[int, ...],
-              teacher_forced: bool):
-  """A jitted decoding function for one model config and one set of static options."""
+              teacher_forced: bool, fused_mode: str):
+  """A jitted decoding function for one model config and one set of static options
+  (`fused_mode`: `fused_decode.MODE` when it was made, which the trace reads)."""
+  del fused_mode
   decoder = decoder_for(model_type(config))
 
   def run(params, prompt, rng, forced):
-    params = cast_matmul_weights(params, decoder.dtype)   # once, not once per byte
+    params = decoder.prepare(params, prompt.shape[0])   # once, not once per byte
     return _decode(decoder, params, prompt, rng, forced, num_bytes=num_bytes,
                    temperature=temperature, top_k=top_k, top_p=top_p, stop_bytes=stop_bytes,
                    collect_logits=teacher_forced)
@@ -276,7 +304,7 @@ def generate(model: nn.Module, variables: Any, prompt: Any, num_bytes: int, rng:
     return jnp.asarray(prompt)
   run = _compiled(type(model), model.config, int(num_bytes), float(temperature),
                   None if top_k is None else int(top_k), None if top_p is None else float(top_p),
-                  stops, False)
+                  stops, False, fused_decode.MODE)
   out, _ = run(unbox_params(variables), jnp.asarray(prompt), _as_key(rng), None)
   return out
 
@@ -301,7 +329,8 @@ def cached_logits(model: nn.Module, variables: Any, tokens: Any, prompt_len: int
   if not 0 <= prompt_len < length:
     raise InputError(f"prompt_len must be in 0..{length - 1}, got {prompt_len}")
   _check_length(prompt_len, length - prompt_len, model.config.seq_len, slide=False)
-  run = _compiled(type(model), model.config, length - prompt_len, 0.0, None, None, (), True)
+  run = _compiled(type(model), model.config, length - prompt_len, 0.0, None, None, (), True,
+                  fused_decode.MODE)
   _, logits = run(unbox_params(variables), jnp.asarray(tokens[:, :prompt_len]),
                   jax.random.key(0), jnp.asarray(tokens[:, prompt_len:]))
   return logits

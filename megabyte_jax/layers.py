@@ -18,13 +18,22 @@ the cached keys and values, and returns the updated cache with its output. Witho
 the code path (and its numerics) is the training one. Caches carry logical axis names too
 (`CACHE_AXES`: batch, cache length, heads, per-head width), so they shard like activations
 and parameters under the same rules.
+
+Cross-patch attention (`StackSpec.cross_patch = r > 0`, MEGABYTE's Section 2.3.2): the stack
+runs over whole sequences `[batch, T, dim]` cut into patches of `StackSpec.patch` positions;
+each position attends causally within its patch and to the last r positions of the previous
+patch, with rotary position embeddings (`apply_rotary`) on queries and keys. Its decode cache
+is a ring of two patches (`cross_patch_cache_len`), so the previous patch's keys stay
+available while the current patch is written.
+
+`CausalConvEncoder` is the convolutional patch encoder of Section 2.3.1.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -74,6 +83,9 @@ class StackSpec:
     dim: model width. layers, heads, head_dim: stack shape. mlp_ratio: MLP width / dim.
     activation, norm, dropout, dtype, param_dtype, init_std, use_bias, attention_impl,
       remat, scan_layers: as in `MegabyteConfig`.
+    cross_patch: r > 0 turns on cross-patch attention over patches of `patch` positions
+      (see the module docstring); 0 (default): plain causal attention over the whole input.
+    patch: the patch length of cross-patch attention (unused when `cross_patch` is 0).
   """
 
   dim: int
@@ -91,6 +103,8 @@ class StackSpec:
   attention_impl: str = "auto"
   remat: str = "none"
   scan_layers: bool = False
+  cross_patch: int = 0
+  patch: int = 0
 
   @property
   def mlp_dim(self) -> int:
@@ -196,6 +210,109 @@ def _cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: KVCache,
   return out, KVCache(k=k_all, v=v_all)
 
 
+ROTARY_BASE = 10000.0
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array) -> jax.Array:
+  """Rotary position embedding (Su et al.): rotates pairs of channels of `x`.
+
+  `x`: `[batch, length, heads, head_dim]` (head_dim even); `positions`: `[length]` int
+  positions. Channel i of the first half and channel i of the second half form a pair rotated
+  by `position * ROTARY_BASE ** (-2i / head_dim)`, so a query-key product depends on the
+  positions only through their difference. Computed in float32, returned in `x.dtype`.
+  """
+  half = x.shape[-1] // 2
+  freqs = ROTARY_BASE ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]   # [length, half]
+  cos, sin = jnp.cos(angles)[None, :, None], jnp.sin(angles)[None, :, None]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def cross_patch_cache_len(spec: "StackSpec") -> int:
+  """Length of a decode cache of a cross-patch stack: a ring of two patches (the current
+  patch and the previous one, whose last `cross_patch` entries stay visible)."""
+  return 2 * spec.patch
+
+
+def _cross_patch_mask(q_pos: jax.Array, k_pos: jax.Array, patch: int, r: int) -> jax.Array:
+  """Which keys each query may see: earlier-or-same positions, from its own patch or the
+  last r positions of the previous patch, never before position 0.
+
+  `q_pos [..., n]`, `k_pos [..., m]` (broadcastable batch axes) -> bool `[..., n, m]`.
+  """
+  q, k = q_pos[..., :, None], k_pos[..., None, :]
+  start = q - q % patch
+  return (k <= q) & (k >= start - r) & (k >= 0)
+
+
+def _cross_patch_attention(q: jax.Array, k: jax.Array, v: jax.Array, patch: int, r: int
+                           ) -> jax.Array:
+  """Cross-patch attention over a whole window (positions 0 .. T-1, T a multiple of patch).
+
+  `q, k, v`: `[batch, T, heads, head_dim]` (rotary already applied). Each patch's queries
+  attend to `[last r keys of the previous patch, the patch's own keys]` (r + patch keys,
+  patches as batch rows); returns `[batch, T, heads, head_dim]`.
+  """
+  batch, length, heads, head_dim = q.shape
+  patches = length // patch
+  kp = k.reshape(batch, patches, patch, heads, head_dim)
+  vp = v.reshape(batch, patches, patch, heads, head_dim)
+  def extend(x):   # [batch, patches, patch, ...] -> [batch * patches, r + patch, ...]
+    prev = jnp.pad(x[:, :-1, patch - r:], ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0)))
+    return jnp.concatenate([prev, x], axis=2).reshape(batch * patches, r + patch, heads,
+                                                      head_dim)
+  start = jnp.arange(patches, dtype=jnp.int32)[:, None] * patch          # [patches, 1]
+  q_pos = start + jnp.arange(patch, dtype=jnp.int32)[None]               # [patches, patch]
+  k_pos = start + jnp.arange(-r, patch, dtype=jnp.int32)[None]           # [patches, r+patch]
+  mask = _cross_patch_mask(q_pos, k_pos, patch, r)[:, None]              # [patches, 1, P, r+P]
+  mask = jnp.broadcast_to(mask[None], (batch,) + mask.shape).reshape(
+      batch * patches, 1, patch, r + patch)
+  out = jax.nn.dot_product_attention(q.reshape(batch * patches, patch, heads, head_dim),
+                                     extend(kp), extend(vp), mask=mask, implementation="xla")
+  return out.reshape(batch, length, heads, head_dim)
+
+
+def _cross_patch_prefill(q, k, v, cache: KVCache, patch: int, r: int
+                         ) -> tuple[jax.Array, KVCache]:
+  """Cross-patch attention of a known window `0 .. W-1` (W static, any length), writing
+  into the ring cache the keys and values that decoding from position W needs: the current
+  patch's (`W - W % patch .. W-1`) and the last r of the patch before it."""
+  width = q.shape[1]
+  padded = -(-width // patch) * patch
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - width), (0, 0), (0, 0)))
+  out = _cross_patch_attention(pad(q), pad(k), pad(v), patch, r)[:, :width]
+  first = max(0, width - width % patch - r)
+  keep = jnp.arange(first, width)
+  slots = keep % cache.k.shape[1]
+  k_all = cache.k.at[:, slots].set(k[:, first:].astype(cache.k.dtype))
+  v_all = cache.v.at[:, slots].set(v[:, first:].astype(cache.v.dtype))
+  return out, KVCache(k=nn.with_logical_constraint(k_all, CACHE_AXES),
+                      v=nn.with_logical_constraint(v_all, CACHE_AXES))
+
+
+def _cross_patch_step(q, k, v, cache: KVCache, pos: Any, patch: int, r: int
+                      ) -> tuple[jax.Array, KVCache]:
+  """New positions `pos .. pos+n-1` (within one patch) against the ring cache: written at
+  slot `position % (2 * patch)`; keys are visible by `_cross_patch_mask` of the position
+  each slot holds (the current patch's or the previous patch's)."""
+  ring = cache.k.shape[1]
+  slot = pos % ring
+  k_all = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, slot, 0, 0))
+  v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, slot, 0, 0))
+  k_all = nn.with_logical_constraint(k_all, CACHE_AXES)
+  v_all = nn.with_logical_constraint(v_all, CACHE_AXES)
+  start = pos - pos % patch                                  # the current patch's first
+  slots = jnp.arange(ring, dtype=jnp.int32)
+  same = (slots // patch) == (start // patch) % 2            # slot holds the current patch
+  k_pos = jnp.where(same, start, start - patch) + slots % patch
+  q_pos = pos + jnp.arange(q.shape[1], dtype=jnp.int32)
+  mask = _cross_patch_mask(q_pos, k_pos, patch, r)[None, None]           # [1, 1, n, ring]
+  out = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype),
+                                     mask=mask, implementation="xla")
+  return out, KVCache(k=k_all, v=v_all)
+
+
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention over `[batch, length, dim]`.
 
@@ -204,6 +321,11 @@ class CausalSelfAttention(nn.Module):
 
   With `cache` (a `KVCache`) the input holds new positions `index, index+1, ...` only; the
   call attends to them and to the cached ones and returns `(output, updated cache)`.
+
+  With `spec.cross_patch` (cross-patch attention) the input is a whole window cut into
+  patches of `spec.patch` (see the module docstring), rotary embeddings are applied at the
+  window positions, and with a cache `index` is the window position of the first new row
+  (0 as a Python int: a prefill of the window `0 .. length-1`).
   """
 
   spec: StackSpec
@@ -237,7 +359,17 @@ class CausalSelfAttention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     impl = choose_attention_impl(spec.attention_impl, dtype, head_dim, x.shape[1])
     # out: [batch, length, heads, head_dim]
-    if cache is None:
+    if spec.cross_patch:
+      start = 0 if index is None else index
+      positions = start + jnp.arange(x.shape[1], dtype=jnp.int32)
+      q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+      if cache is None:
+        out = _cross_patch_attention(q, k, v, spec.patch, spec.cross_patch)
+      elif isinstance(start, int) and start == 0:
+        out, cache = _cross_patch_prefill(q, k, v, cache, spec.patch, spec.cross_patch)
+      else:
+        out, cache = _cross_patch_step(q, k, v, cache, start, spec.patch, spec.cross_patch)
+    elif cache is None:
       out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
     else:
       out, cache = _cached_attention(q, k, v, cache, 0 if index is None else index, impl)
@@ -415,6 +547,48 @@ def unstack_block_params(stack_params: Any) -> Any:
   for i in range(layers):
     out[f"block_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
   return out
+
+
+class CausalConvEncoder(nn.Module):
+  """MEGABYTE's convolutional patch encoder (Section 2.3.1): causal 1-D convolutions over
+  byte embeddings `[batch, length, dim] -> [batch, length, dim]`.
+
+  One layer per kernel size, applied in turn as `x + act(conv(x))` (ReLU with
+  `activation="relu"`, else GELU), each causal (left zero padding of `kernel - 1`), so
+  output t depends on inputs 0..t only. Kernels `conv_{i}/kernel` are `[kernel, dim, dim]`.
+
+  `valid` (optional bool `[length]`) marks real rows: the others are zeroed before every
+  layer, which is how the decoder reproduces the zero padding at the start of a window when
+  it encodes a patch with a few bytes of history before it.
+  """
+
+  dim: int
+  kernel_sizes: tuple[int, ...]
+  activation: str = "gelu"
+  init_std: Optional[float] = None
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, valid: Optional[jax.Array] = None) -> jax.Array:
+    act = jax.nn.relu if self.activation == "relu" else jax.nn.gelu
+    for i, size in enumerate(self.kernel_sizes):
+      if valid is not None:
+        x = jnp.where(valid[None, :, None], x, jnp.zeros((), x.dtype))
+      conv = nn.Conv(
+          self.dim, (size,), padding=((size - 1, 0),), use_bias=self.use_bias,
+          dtype=self.dtype, param_dtype=self.param_dtype, name=f"conv_{i}",
+          kernel_init=nn.with_logical_partitioning(
+              dense_init(self.init_std, in_axis=(0, 1), out_axis=2), (None, "embed", None)),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
+      x = x + act(conv(x))
+    return x
+
+  @staticmethod
+  def history(kernel_sizes: Sequence[int]) -> int:
+    """How many earlier rows an output row depends on: sum of (kernel - 1)."""
+    return sum(k - 1 for k in kernel_sizes)
 
 
 def byte_embedding(dim: int, init_std: Optional[float], dtype: Any, param_dtype: Any,

@@ -1,4 +1,16 @@
-"""The multiscale MEGABYTE model (Yu et al., 2023, Section 2 and Figure 2)."""
+"""The multiscale MEGABYTE model (Yu et al., 2023, Section 2 and Figure 2).
+
+Two levels by default (a global model over patches, a local model within each patch); the
+paper's variants and deeper hierarchies are `MegabyteConfig` switches: a convolutional patch
+encoder (`conv_kernel_sizes`), cross-patch attention in the local model (`cross_patch`) and
+N > 2 levels (`patch_sizes`, `mid_dims`, `mid_layers`, `mid_heads`).
+
+Levels are numbered 0 (global) .. N-1 (local). Level l >= 1 runs, within each unit of level
+l-1, over `level_patch_sizes[l-1]` units of `unit_sizes[l]` bytes. Its parameters are named
+after the level (`level_name`): `{name}_embed`, `{name}_pad`, `{name}_pos`, `{name}_model`,
+and `{parent}_to_{name}` for the projection of the parent's output; with two levels these
+are exactly the paper's `local_*` and `global_to_local`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +20,9 @@ import jax.numpy as jnp
 
 from megabyte_jax.config import MegabyteConfig
 from megabyte_jax.inputs import check_tokens
-from megabyte_jax.layers import (ACT_SEQ, ByteHead, StackSpec, TransformerStack,
-                                 byte_embedding, dense_init, embedding_init, shift_right)
+from megabyte_jax.layers import (ACT_SEQ, ByteHead, CausalConvEncoder, StackSpec,
+                                 TransformerStack, byte_embedding, dense_init, embedding_init,
+                                 shift_right)
 
 
 def global_spec(cfg: MegabyteConfig) -> StackSpec:
@@ -19,9 +32,38 @@ def global_spec(cfg: MegabyteConfig) -> StackSpec:
 
 
 def local_spec(cfg: MegabyteConfig) -> StackSpec:
-  """The `StackSpec` of the local transformer (width D_L within each patch)."""
+  """The `StackSpec` of the local transformer (width D_L within each patch; with
+  `cross_patch`, over whole sequences cut into patches of the local patch size)."""
+  extra = {}
+  if cfg.cross_patch:
+    extra = dict(cross_patch=cfg.cross_patch, patch=cfg.local_patch_size)
   return StackSpec(dim=cfg.local_dim, layers=cfg.local_layers, heads=cfg.local_heads,
-                   head_dim=cfg.local_attention_head_dim, **_shared(cfg))
+                   head_dim=cfg.local_attention_head_dim, **_shared(cfg), **extra)
+
+
+def level_name(cfg: MegabyteConfig, level: int) -> str:
+  """The parameter prefix of a level: "global" (0), "level_1" .. "level_{N-2}", "local"."""
+  if level == 0:
+    return "global"
+  return "local" if level == cfg.levels - 1 else f"level_{level}"
+
+
+def level_dim(cfg: MegabyteConfig, level: int) -> int:
+  """The model width of a level."""
+  if level == 0:
+    return cfg.global_dim
+  return cfg.local_dim if level == cfg.levels - 1 else cfg.mid_dims[level - 1]
+
+
+def level_spec(cfg: MegabyteConfig, level: int) -> StackSpec:
+  """The `StackSpec` of level `level` (0: `global_spec`, N-1: `local_spec`)."""
+  if level == 0:
+    return global_spec(cfg)
+  if level == cfg.levels - 1:
+    return local_spec(cfg)
+  dim, heads = cfg.mid_dims[level - 1], cfg.mid_heads[level - 1]
+  return StackSpec(dim=dim, layers=cfg.mid_layers[level - 1], heads=heads,
+                   head_dim=dim // heads, **_shared(cfg))
 
 
 def _shared(cfg) -> dict:
@@ -29,6 +71,13 @@ def _shared(cfg) -> dict:
               dropout=cfg.dropout, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
               init_std=cfg.init_std, use_bias=cfg.use_bias, attention_impl=cfg.attention_impl,
               remat=cfg.remat, scan_layers=cfg.scan_layers)
+
+
+def conv_encoder(cfg: MegabyteConfig, name: str = "patch_encoder") -> CausalConvEncoder:
+  """The convolutional patch encoder of `cfg` (only used when `cfg.conv_kernel_sizes`)."""
+  return CausalConvEncoder(cfg.byte_global_dim, cfg.conv_kernel_sizes, cfg.activation,
+                           cfg.init_std, cfg.use_bias, cfg.compute_dtype, cfg.parameter_dtype,
+                           name=name)
 
 
 class Megabyte(nn.Module):
@@ -39,6 +88,11 @@ class Megabyte(nn.Module):
   `tokens[:, t]` from `tokens[:, :t]`: the model shifts internally (a learned pad patch for
   the global model, a learned pad byte for the local model), so the loss is plain
   cross-entropy of the logits against the tokens.
+
+  With N > 2 levels every middle level works like the local model one scale up: its input
+  at unit j of a parent unit is the concatenated byte embeddings of unit j-1 (a learned pad
+  at j = 0), plus the parent's output slice j projected to its width, plus a learned
+  position; its output conditions the next, finer level the same way.
   """
 
   config: MegabyteConfig
@@ -49,7 +103,7 @@ class Megabyte(nn.Module):
     cfg = self.config
     check_tokens(tokens, cfg.patch_size, cfg.seq_len)
     batch, length = tokens.shape
-    p, dg, dl = cfg.patch_size, cfg.byte_global_dim, cfg.local_dim
+    p, dg = cfg.patch_size, cfg.byte_global_dim
     k = length // p
     dtype, param_dtype = cfg.compute_dtype, cfg.parameter_dtype
     drop = nn.Dropout(cfg.embed_dropout)
@@ -62,6 +116,8 @@ class Megabyte(nn.Module):
         (cfg.seq_len, dg), param_dtype)
     x = global_embed(tokens) + global_pos[:length].astype(dtype)     # [batch, T, D_G]
     x = drop(x, deterministic=deterministic)
+    if cfg.conv_kernel_sizes:                                         # Section 2.3.1
+      x = conv_encoder(cfg)(x)                                        # [batch, T, D_G]
     x = x.reshape(batch, k, p * dg)                                   # [batch, patches, P*D_G]
     global_pad = self.param(
         "global_pad", nn.with_logical_partitioning(embedding_init(cfg.init_std), ("embed",)),
@@ -70,27 +126,42 @@ class Megabyte(nn.Module):
     x = nn.with_logical_constraint(x, ACT_SEQ)
     g = TransformerStack(global_spec(cfg), name="global_model")(x, deterministic)
 
-    # Each global output, split into P slices of D_G, projected to the local width.
-    g = g.reshape(batch, k, p, dg)                                    # [batch, patches, P, D_G]
-    w_gl = self.param("global_to_local", nn.with_logical_partitioning(
-        dense_init(cfg.init_std), (None, "embed")), (dg, dl), param_dtype)
-    g = jnp.einsum("bkpg,gl->bkpl", g, w_gl.astype(dtype))           # [batch, patches, P, D_L]
+    # Each finer level, coarse to fine; g is the previous level's output [batch, n, width].
+    units, sizes = cfg.unit_sizes, cfg.level_patch_sizes
+    local_embed = None
+    for level in range(1, cfg.levels):
+      name, parent = level_name(cfg, level), level_name(cfg, level - 1)
+      s, u, dim = sizes[level - 1], units[level], level_dim(cfg, level)
+      n = length // units[level - 1]                                  # parent units
+      # Each parent output, split into S slices (one per unit of this level), projected.
+      g = g.reshape(batch, n, s, level_dim(cfg, level - 1) // s)      # [batch, n, S, d/S]
+      w = self.param(f"{parent}_to_{name}", nn.with_logical_partitioning(
+          dense_init(cfg.init_std), (None, "embed")), (g.shape[-1], dim), param_dtype)
+      g = jnp.einsum("bkpg,gl->bkpl", g, w.astype(dtype))            # [batch, n, S, dim]
 
-    # Local model input: previous byte's local embedding (pad byte at position 0 of each
-    # patch) + its global slice + a learned position within the patch.
-    local_embed = byte_embedding(dl, cfg.init_std, dtype, param_dtype, "local_embed")
-    y = local_embed(tokens).reshape(batch, k, p, dl)
-    y = drop(y, deterministic=deterministic)
-    local_pad = self.param(
-        "local_pad", nn.with_logical_partitioning(embedding_init(cfg.init_std), ("embed",)),
-        (dl,), param_dtype)
-    y = shift_right(y, local_pad, axis=2)
-    local_pos = self.param(
-        "local_pos", nn.with_logical_partitioning(embedding_init(cfg.init_std),
-                                                  (None, "embed")), (p, dl), param_dtype)
-    h = (y + g + local_pos.astype(dtype)).reshape(batch * k, p, dl)  # patches as batch
-    h = TransformerStack(local_spec(cfg), name="local_model")(h, deterministic)
+      # This level's input: the previous unit's byte embeddings, concatenated (a learned
+      # pad at unit 0 of each parent unit) + its parent slice + a learned position.
+      embed = byte_embedding(dim // u, cfg.init_std, dtype, param_dtype, f"{name}_embed")
+      y = embed(tokens).reshape(batch, n, s, dim)
+      y = drop(y, deterministic=deterministic)
+      pad = self.param(
+          f"{name}_pad", nn.with_logical_partitioning(embedding_init(cfg.init_std), ("embed",)),
+          (dim,), param_dtype)
+      y = shift_right(y, pad, axis=2)
+      pos = self.param(
+          f"{name}_pos", nn.with_logical_partitioning(embedding_init(cfg.init_std),
+                                                      (None, "embed")), (s, dim), param_dtype)
+      h = y + g + pos.astype(dtype)                                   # [batch, n, S, dim]
+      spec = level_spec(cfg, level)
+      if spec.cross_patch:   # whole sequences: attention also sees the previous patch
+        h = TransformerStack(spec, name=f"{name}_model")(
+            h.reshape(batch, n * s, dim), deterministic)
+      else:                  # parent units as batch rows
+        h = TransformerStack(spec, name=f"{name}_model")(
+            h.reshape(batch * n, s, dim), deterministic)
+      g = h.reshape(batch, n * s, dim)
+      local_embed = embed
 
-    head = ByteHead(dl, cfg.init_std, cfg.use_bias, param_dtype, name="head")
-    logits = head(h, local_embed if cfg.tie_embeddings else None)    # [batch*K, P, 256]
+    head = ByteHead(cfg.local_dim, cfg.init_std, cfg.use_bias, param_dtype, name="head")
+    logits = head(g, local_embed if cfg.tie_embeddings else None)     # [batch, T, 256]
     return logits.reshape(batch, length, cfg.vocab_size)
