@@ -314,3 +314,18 @@ def test_flops_of_each_switch():
   local_projection_change = 2 * (4 * 16 - 4 * 16)           # 4-wide slices either way
   assert three.matmul_flops_per_byte - two_p8.matmul_flops_per_byte == pytest.approx(
       mid_matmul + local_projection_change)
+
+
+def test_paper_table_counts_the_papers_configs():
+  """The README's Table 15 rows: our stacks are the Table 14 sizes minus their 50k-token
+  embedding tables; text MEGABYTE and its transformer baseline are compute-matched."""
+  from megabyte_jax.flops import paper_table, paper_table_markdown
+  rows = {(r["setup"], r["model"].split()[0]): r for r in paper_table()}
+  text = rows[("text (arXiv, PG-19, ...)", "MEGABYTE")]
+  assert text["global_params"] == 14 * (12 * 2048 ** 2 + 13 * 2048) + 2 * 2048
+  baseline = rows[("text (arXiv, PG-19, ...)", "Transformer")]
+  assert abs(text["train_flops_per_byte"] / baseline["train_flops_per_byte"] - 1) < 0.01
+  audio = rows[("audio", "MEGABYTE")]
+  assert abs(audio["global_params"] + 1024 * 50257 - 350e6) < 10e6    # "350M"
+  table = paper_table_markdown()
+  assert table.count("\n") == len(rows) + 1 and "| ImageNet640 |" in table
