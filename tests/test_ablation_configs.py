@@ -59,3 +59,26 @@ def test_training_configs_match_the_budget():
     study.get_study("tpu")
   with pytest.raises(ValueError, match="variant must be one of"):
     study.models("tpu")
+
+
+def test_paper_recipe_config_is_the_default_model_with_the_papers_recipe():
+  path = os.path.join(REPO, "experiments", "configs")
+  spec = importlib.util.spec_from_file_location("_paper_recipe",
+                                                os.path.join(path, "paper_recipe.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  spec = importlib.util.spec_from_file_location("_default", os.path.join(path, "default.py"))
+  default = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(default)
+  ours = default.get_config()
+  _, cfg = build_model(config.model)
+  assert (cfg.activation, cfg.init_std, cfg.dropout, cfg.embed_dropout, cfg.tie_embeddings) \
+      == ("relu", 0.006, 0.1, 0.0, True)
+  assert cfg.dtype == "float32"
+  assert (config.train.b2, config.train.weight_decay, config.train.grad_clip,
+          config.train.warmup_steps, config.train.min_lr_ratio) == (0.98, 0.1, 1.0, 500, 0.0)
+  for field in ("seq_len", "patch_size", "global_dim", "local_dim", "global_layers"):
+    assert config.model[field] == ours.model[field]
+  assert config.train.steps == ours.train.steps
+  assert model_cost(cfg).params < model_cost(build_model(ours.model)[1]).params   # tied head
