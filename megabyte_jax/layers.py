@@ -572,6 +572,7 @@ class CausalConvEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, valid: Optional[jax.Array] = None) -> jax.Array:
+    """Returns the encoded `[batch, length, dim]` (see the class docstring)."""
     act = jax.nn.relu if self.activation == "relu" else jax.nn.gelu
     for i, size in enumerate(self.kernel_sizes):
       if valid is not None:
