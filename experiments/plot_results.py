@@ -1,0 +1,187 @@
+"""Plots and tables of a study's results (`experiments.study`).
+
+    python -m experiments.plot_results --results=experiments/results/code_equal_compute
+    python -m experiments.plot_results --results=DIR_A,DIR_B --out=DIR   # runs of two commands
+
+Reads every run record (`runs/*.json`) and writes, beside them (or into `--out`):
+
+    bpb_vs_flops.png       held-out bits per byte against training FLOPs, one line per model
+                           (a marker per budget; thin dotted lines: the quick evaluations
+                           during the largest-budget run, on a subset of the held-out bytes)
+    bpb_vs_wallclock.png   the same against training wall-clock (compilation included,
+                           evaluation and checkpoint pauses excluded)
+    throughput.png         training bytes/s of each model (mean over its runs)
+    results.csv            one row per run (the columns of `experiments.study.RESULT_FIELDS`)
+    results.json           every run record
+    table.md               the Markdown table that RESULTS.md shows
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from experiments.study import RESULT_FIELDS, budget_tag, load_runs
+
+
+def collect(results_dirs: Sequence[str]) -> list[dict]:
+  """The finished run records of one or more results directories (a later directory's record
+  of the same run replaces an earlier one)."""
+  runs: dict[str, dict] = {}
+  for directory in results_dirs:
+    if not os.path.isdir(directory):
+      raise FileNotFoundError(f"no results directory {directory!r}")
+    for record in load_runs(directory):
+      if record.get("status") == "done":
+        runs[f"{record['study']}/{record['run']}"] = record
+  return sorted(runs.values(), key=lambda r: (r["budget_flops"], _model_order(r)))
+
+
+def _model_order(record: dict) -> tuple:
+  return (record["kind"] != "transformer", record.get("order") or "",
+          record.get("patch_size") or 1, record["model"])
+
+
+def by_model(records: Sequence[dict]) -> dict[str, list[dict]]:
+  """Records grouped by model, each group sorted by budget; models in a stable order
+  (transformer first, then by scan order and patch size)."""
+  groups: dict[str, list[dict]] = {}
+  for record in sorted(records, key=_model_order):
+    groups.setdefault(record["model"], []).append(record)
+  return {name: sorted(group, key=lambda r: r["budget_flops"]) for name, group in groups.items()}
+
+
+def _fmt(value, spec: str, missing: str = "–") -> str:
+  return missing if value is None else format(value, spec)
+
+
+def markdown_table(records: Sequence[dict]) -> str:
+  """The results as a Markdown table, one row per run, grouped by budget."""
+  lines = ["| budget (FLOPs) | model | params | MFLOP/byte | steps | MB trained | "
+           "eval bpb | train s | wall s | bytes/s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in sorted(records, key=lambda r: (r["budget_flops"], _model_order(r))):
+    lines.append(
+        f"| {budget_tag(r['budget_flops'])} | {r['model']} | {r['params'] / 1e6:.2f}M | "
+        f"{r['train_flops_per_byte'] / 1e6:.1f} | {r['steps']:,} | "
+        f"{r['bytes_trained'] / 1e6:.1f} | **{_fmt(r.get('eval_bpb'), '.4f')}** | "
+        f"{_fmt(r.get('train_s'), '.1f')} | {_fmt(r.get('wall_s'), '.1f')} | "
+        f"{_fmt(r.get('bytes_per_s'), ',.0f')} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_tables(records: Sequence[dict], out_dir: str) -> list[str]:
+  """Writes results.csv, results.json and table.md into `out_dir`; returns the paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = [os.path.join(out_dir, name) for name in ("results.csv", "results.json", "table.md")]
+  with open(paths[0], "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+  existing = {}
+  if os.path.exists(paths[1]):
+    with open(paths[1], encoding="utf-8") as f:
+      try:
+        existing = json.load(f)
+      except ValueError:
+        existing = {}
+  existing = existing if isinstance(existing, dict) else {}
+  existing["runs"] = list(records)
+  with open(paths[1], "w", encoding="utf-8") as f:
+    json.dump(existing, f, indent=1, default=str)
+    f.write("\n")
+  with open(paths[2], "w", encoding="utf-8") as f:
+    f.write(markdown_table(records))
+  return paths
+
+
+def plot(records: Sequence[dict], out_dir: str, title: Optional[str] = None) -> list[str]:
+  """Draws bpb_vs_flops.png, bpb_vs_wallclock.png and throughput.png; returns the paths."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  groups = by_model(records)
+  colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(groups)}
+  title = title or (records[0]["study"] if records else "study")
+  paths = []
+
+  for x_key, x_label, name in (("train_flops", "training FLOPs", "bpb_vs_flops.png"),
+                               ("train_s", "training wall-clock (s)", "bpb_vs_wallclock.png")):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model, group in groups.items():
+      points = [(r[x_key], r["eval_bpb"]) for r in group
+                if r.get(x_key) is not None and r.get("eval_bpb") is not None]
+      if not points:
+        continue
+      xs, ys = zip(*points)
+      ax.plot(xs, ys, "o-", color=colors[model], label=model, linewidth=2, markersize=6)
+      if x_key == "train_flops":
+        largest = group[-1]
+        curve = [(c["train_flops"], c["eval_bpb"]) for c in largest.get("curve", [])
+                 if not c.get("final") and c.get("eval_bpb") is not None]
+        if curve:
+          cx, cy = zip(*curve)
+          ax.plot(cx, cy, ":", color=colors[model], linewidth=1, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("held-out bits per byte")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    paths.append(path)
+
+  fig, ax = plt.subplots(figsize=(7, 3.5))
+  names = list(groups)
+  rates = []
+  for model in names:
+    values = [r["bytes_per_s"] for r in groups[model] if r.get("bytes_per_s")]
+    rates.append(sum(values) / len(values) if values else 0.0)
+  ax.bar(names, rates, color=[colors[n] for n in names])
+  ax.set_ylabel("training bytes/s")
+  ax.set_title(f"{title}: throughput")
+  for i, rate in enumerate(rates):
+    ax.text(i, rate, f"{rate:,.0f}", ha="center", va="bottom", fontsize=8)
+  fig.tight_layout()
+  path = os.path.join(out_dir, "throughput.png")
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  paths.append(path)
+  return paths
+
+
+def plot_directory(results_dir: str, out_dir: Optional[str] = None) -> list[str]:
+  """Tables and plots of every finished run under `results_dir` (comma-separated for
+  several), written into `out_dir` (default: the first results directory)."""
+  dirs = [d for d in results_dir.split(",") if d]
+  records = collect(dirs)
+  if not records:
+    raise ValueError(f"no finished runs in {results_dir!r}")
+  out_dir = out_dir or dirs[0]
+  return write_tables(records, out_dir) + plot(records, out_dir)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """The command line (see the module docstring)."""
+  parser = argparse.ArgumentParser(description="Plots and tables of study results.")
+  parser.add_argument("--results", required=True,
+                      help="results directory (comma-separated to merge several)")
+  parser.add_argument("--out", default=None, help="output directory (default: the first)")
+  args = parser.parse_args(argv)
+  try:
+    for path in plot_directory(args.results, args.out):
+      print(path)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  main()
