@@ -236,15 +236,16 @@ def check_eval_memory(lengths: Sequence[int], seq_len: int, stride: Optional[int
   stride = seq_len if stride is None else stride
   windows = sum(1 + math.ceil(max(0, n - seq_len) / stride) for n in lengths if n > 0)
   need = windows * seq_len * EVAL_BYTES_PER_BYTE
+  why = " (half of this machine's memory)" if limit is None else ""
   limit = eval_memory_limit() if limit is None else limit
   if need > limit:
     largest = int(np.argmax(lengths))
     what = names[largest] if names is not None else f"document {largest}"
     raise DataError(
         f"evaluating {sum(lengths):,} bytes needs {need / 2**30:.1f} GiB of windows, more "
-        f"than the {limit / 2**30:.1f} GiB allowed (half of this machine's memory); the "
-        f"largest file is {what} ({lengths[largest]:,} bytes): evaluate fewer or smaller "
-        f"files (data.eval_files, data.eval_fraction or --files)")
+        f"than the {limit / 2**30:.1f} GiB allowed{why}; the largest file is {what} "
+        f"({lengths[largest]:,} bytes): evaluate fewer or smaller files (data.eval_files, "
+        f"data.eval_fraction or --files)")
   return windows
 
 
