@@ -134,7 +134,8 @@ def sample_study(results_dir: str, study: dict, records: Sequence[dict],
     drawn = sample_images(record["workdir"], record.get("order") or "raster",
                           int(record.get("patch_size") or 1), canvas, originals, num_samples,
                           num_prompts, seed=int(study.get("seed", 0)))
-    write_run_samples(results_dir, record["run"], drawn)
+    if write_run_samples(results_dir, record["run"], drawn) is None:
+      log("Pillow is missing: PNGs left out (python -m experiments.images --results=DIR)")
     record["samples"] = os.path.join("samples", _file_name(record["run"]) + ".png")
     record["sample_s"] = round(time.perf_counter() - began, 1)
     slowest = max(slowest, record["sample_s"])
@@ -148,20 +149,37 @@ def _file_name(run: str) -> str:
   return run.replace("/", "_").replace("@", "_at_")
 
 
-def write_run_samples(results_dir: str, run: str, drawn: dict) -> str:
-  """Writes one run's `.npz` and PNG grid under `results_dir/samples/`; returns the PNG."""
+def write_run_samples(results_dir: str, run: str, drawn: dict) -> Optional[str]:
+  """Writes one run's `.npz` and PNG grid under `results_dir/samples/`; returns the PNG (None
+  where Pillow is missing: `python -m experiments.images --results=DIR` draws it later)."""
   directory = os.path.join(results_dir, "samples")
   os.makedirs(directory, exist_ok=True)
   np.savez_compressed(os.path.join(directory, _file_name(run) + ".npz"), **drawn)
-  cols = len(drawn["originals"])
-  pairs = np.concatenate([drawn["originals"], drawn["completions"]])
-  picture = np.concatenate([image_grid(drawn["samples"], cols), image_grid(pairs, cols)])
-  return save_png(os.path.join(directory, _file_name(run) + ".png"), picture)
+  return run_grid(os.path.join(directory, _file_name(run) + ".npz"))
+
+
+def run_grid(npz_path: str) -> Optional[str]:
+  """Draws `<run>.png` beside a run's `<run>.npz`: the samples, then the held-out originals
+  and their completions in pairs of rows. Returns the PNG (None without Pillow)."""
+  try:
+    import PIL  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return None
+  with np.load(npz_path) as drawn:
+    cols = len(drawn["originals"])
+    pairs = np.concatenate([drawn["originals"], drawn["completions"]])
+    picture = np.concatenate([image_grid(drawn["samples"], cols), image_grid(pairs, cols)])
+  return save_png(npz_path[:-len(".npz")] + ".png", picture)
 
 
 def write_figures(results_dir: str, records: Sequence[dict], per_row: int = 16
                   ) -> Optional[list[str]]:
-  """The study's `samples.png` and `completions.png` (largest budget of each model)."""
+  """The study's `samples.png` and `completions.png` (largest budget of each model); None
+  when no run has samples, or Pillow is missing."""
+  try:
+    import PIL  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return None
   best: dict[str, dict] = {}
   for record in records:
     if record.get("status") != "done":
@@ -186,3 +204,27 @@ def write_figures(results_dir: str, records: Sequence[dict], per_row: int = 16
   return [save_png(os.path.join(results_dir, "samples.png"), labelled_rows(sample_rows)),
           save_png(os.path.join(results_dir, "completions.png"),
                    labelled_rows(completion_rows))]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """`python -m experiments.images --results=DIR`: (re)draws every PNG of an image study
+  from its `samples/*.npz` and run records (e.g. after a GPU run without Pillow)."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from experiments.study import load_runs  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description="Draw the image study's PNGs from its samples.")
+  parser.add_argument("--results", required=True)
+  args = parser.parse_args(argv)
+  paths = [run_grid(p) for p in sorted(glob.glob(os.path.join(args.results, "samples", "*.npz")))]
+  if not paths:
+    sys.exit(f"error: no samples/*.npz in {args.results!r}")
+  if None in paths:
+    sys.exit("error: Pillow is not installed")
+  paths += write_figures(args.results, load_runs(args.results)) or []
+  for path in paths:
+    print(path)
+
+
+if __name__ == "__main__":
+  main()

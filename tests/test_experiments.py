@@ -487,6 +487,14 @@ def test_image_study_end_to_end(tmp_path):
   assert [os.path.basename(p) for p in figures] == ["samples.png", "completions.png"]
   from PIL import Image
   assert Image.open(figures[0]).mode == "L"
+  # The PNGs can be drawn again from the saved samples (e.g. after a GPU run without Pillow).
+  os.remove(figures[0])
+  os.remove(os.path.join(results, "samples", "patch-p4_at_1e8.png"))
+  images_lib.main([f"--results={results}"])
+  assert os.path.exists(figures[0])
+  assert os.path.exists(os.path.join(results, "samples", "patch-p4_at_1e8.png"))
+  with pytest.raises(SystemExit, match="no samples"):
+    images_lib.main([f"--results={tmp_path}"])
 
 
 def test_image_grid_and_labels():
