@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from absl import app, flags
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -62,10 +63,18 @@ def _check_train_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"eval.batch_size must be positive, got {config.eval.batch_size}")
 
 
+# In a multi-process run every process must stop at the same step boundary (the save is a
+# collective, and a process that went on to the next step would wait for the others
+# forever): the processes compare their stop requests at every step that is a multiple of
+# this, so a signal reaching any one of them stops all within this many steps.
+STOP_SYNC_EVERY = 5
+
+
 class _StopRequest:
   """Turns SIGTERM and the first SIGINT into a request to stop at the next step boundary
   (where the loop saves a checkpoint); a second SIGINT interrupts at once. Handlers are
-  installed only in the main thread and restored by `restore()`."""
+  installed only in the main thread and restored by `restore()`. In a multi-process run
+  `agreed` makes every process stop at the same step (see `STOP_SYNC_EVERY`)."""
 
   def __init__(self):
     self.signum: Optional[int] = None
@@ -80,6 +89,17 @@ class _StopRequest:
     if self.signum is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signum = signum
+
+  def agreed(self, step: int) -> Optional[int]:
+    """The signal to stop for at this step boundary, the same in every process (None: go
+    on). One process: its own request. Several: at multiples of `STOP_SYNC_EVERY` the
+    processes all-gather their requests and all stop if any has one."""
+    if jax.process_count() == 1:
+      return self.signum
+    if step % STOP_SYNC_EVERY:
+      return None
+    requests = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    return int(np.max(requests)) or None
 
   def restore(self) -> None:
     for signum, handler in self._previous.items():
@@ -206,12 +226,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   stop = _StopRequest()
   try:
     while step < t.steps:
-      if stop.signum is not None:   # SIGTERM / SIGINT: save at this step boundary and stop
+      signum = stop.agreed(step)
+      if signum is not None:   # SIGTERM / SIGINT: save at this step boundary and stop
         checkpointer.save(step, state, train_iter, force=True)
         checkpointer.close()
-        raise Preempted(f"stopped by {signal.Signals(stop.signum).name} at step {step}; "
+        raise Preempted(f"stopped by {signal.Signals(signum).name} at step {step}; "
                         f"saved a checkpoint in {checkpointer.directory}; run again to resume",
-                        stop.signum, step)
+                        signum, step)
       state, step_metrics = train_step(
           state, sharding_lib.shard_batch(next(train_iter), batch_sharding))
       step += 1

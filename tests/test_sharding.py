@@ -260,7 +260,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_processes(workdir, steps, corpus):
+def _start_processes(workdir, steps, corpus):
+  """Starts the two processes of a `jax.distributed` run of `helpers/distributed_train.py`."""
   port = _free_port()
   procs = []
   for i in range(2):
@@ -272,6 +273,11 @@ def _run_processes(workdir, steps, corpus):
         [sys.executable, os.path.join(REPO, "tests", "helpers", "distributed_train.py"),
          workdir, str(steps), os.path.join(corpus, "**", "*.py")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def _run_processes(workdir, steps, corpus):
+  procs = _start_processes(workdir, steps, corpus)
   results = []
   for proc in procs:
     out, err = proc.communicate(timeout=600)
@@ -291,3 +297,30 @@ def test_two_processes_train_together_and_agree(tmp_path, corpus):
   resumed = _run_processes(workdir, 6, corpus)      # both processes resume from step 4
   assert all(r["step"] == 6 for r in resumed)
   assert resumed[0]["train_bpb"] == resumed[1]["train_bpb"]
+
+
+def test_a_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, corpus):
+  """Preempting one process of a multi-process run: all agree on a step boundary (a
+  multiple of `train.STOP_SYNC_EVERY`), save it together, exit 143, and the run resumes."""
+  import signal   # pylint: disable=import-outside-toplevel
+  import time     # pylint: disable=import-outside-toplevel
+  from megabyte_jax.train import STOP_SYNC_EVERY  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path / "run")
+  procs = _start_processes(workdir, 100_000, corpus)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while not (os.path.exists(metrics) and os.path.getsize(metrics)):   # training has begun
+    assert time.time() < deadline and all(p.poll() is None for p in procs), \
+        [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)                # only the second process is signalled
+  stopped = []
+  for proc in procs:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    stopped.append(json.loads([l for l in out.splitlines() if l.startswith("{")][-1]))
+  step = stopped[0]["stopped_at"]
+  assert stopped[1]["stopped_at"] == step and step % STOP_SYNC_EVERY == 0 and step > 0
+  assert str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
+  resumed = _run_processes(workdir, step + 2, corpus)
+  assert all(r["step"] == step + 2 for r in resumed)

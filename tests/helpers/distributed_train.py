@@ -1,8 +1,9 @@
 """One process of a multi-process training run on CPU (run by tests/test_sharding.py).
 
-Usage: python distributed_train.py WORKDIR STEPS, with JAX_COORDINATOR_ADDRESS,
+Usage: python distributed_train.py WORKDIR STEPS FILES, with JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID set. Trains the tiny config through the same entry
-points as `python -m megabyte_jax.train` and prints one JSON line with this process's view.
+points as `python -m megabyte_jax.train` and prints one JSON line with this process's view
+(on a SIGTERM/SIGINT stop: the step it stopped at, exiting with 128 + signal, as the CLI).
 """
 
 import json
@@ -11,6 +12,7 @@ import sys
 import jax
 
 from megabyte_jax import sharding
+from megabyte_jax.errors import Preempted
 from megabyte_jax.experiment import base_config
 from megabyte_jax.train import train_and_evaluate
 
@@ -25,7 +27,11 @@ def main():
                       checkpoint_every=steps // 2, final_eval=False, tensorboard=False)
   config.mesh.update(data=2, fsdp=-1, tensor=1)
   config.sample.num_bytes = 0
-  result = train_and_evaluate(config, workdir)
+  try:
+    result = train_and_evaluate(config, workdir)
+  except Preempted as e:
+    print(json.dumps({"process": jax.process_index(), "stopped_at": e.step}), flush=True)
+    sys.exit(128 + e.signum)
   print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
                     "devices": jax.device_count(), "step": result["step"],
                     "train_bpb": result["train_bpb"]}), flush=True)
