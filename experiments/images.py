@@ -187,7 +187,8 @@ def write_figures(results_dir: str, records: Sequence[dict], per_row: int = 16
     path = os.path.join(results_dir, "samples", _file_name(record["run"]) + ".npz")
     if not os.path.exists(path):
       continue
-    if record["model"] not in best or record["budget_flops"] > best[record["model"]]["budget_flops"]:
+    if record["model"] not in best \
+        or record["budget_flops"] > best[record["model"]]["budget_flops"]:
       best[record["model"]] = dict(record, _npz=path)
   if not best:
     return None

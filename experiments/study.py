@@ -586,7 +586,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--budgets", default=None, help="override, e.g. 1e15,4e15 or 1e15,auto")
   parser.add_argument("--models", default=None, help="only these models (comma-separated)")
   parser.add_argument("--time_limit_s", type=float, default=None,
-                      help="skip runs expected to end after this many seconds")
+                      help="skip runs expected to end after this many seconds (default: the "
+                      "study's time_limit_s, if any)")
   parser.add_argument("--corpus_roots", default=None,
                       help="code corpus: directories to read instead of the study's")
   parser.add_argument("--mnist", default=None, help="image corpus: the MNIST .npz or source")
@@ -614,6 +615,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.mnist:
       study["corpus"]["source"] = args.mnist
     check_study(study)
+    if args.time_limit_s is None:
+      args.time_limit_s = study.get("time_limit_s")
+    if AUTO in study["budgets"] and args.time_limit_s is None:
+      raise StudyError("an 'auto' budget needs a time limit: pass --time_limit_s (or set "
+                       "time_limit_s in the study)")
     costs = model_costs(study)
     for line in plan_lines(study, costs, study["budgets"]):
       print(line, flush=True)

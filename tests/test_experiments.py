@@ -550,3 +550,6 @@ def test_study_cli_dry_run_and_errors():
   proc = run_module("experiments.study", "--study=experiments/studies/code_equal_compute.py",
                     "--results=/tmp/unused", "--dry_run", "--models=nope", check=False)
   assert proc.returncode != 0 and "unknown model" in proc.stderr
+  proc = run_module("experiments.study", "--study=experiments/studies/code_equal_compute.py:cpu",
+                    "--results=/tmp/unused", "--budgets=1e9,auto", check=False)
+  assert proc.returncode != 0 and "needs a time limit" in proc.stderr

@@ -25,11 +25,12 @@ learning rate 1.5e-3, 5% linear warmup, cosine decay to 10%, weight decay 0.1, b
 clipping 1.0; bf16 compute, float32 weights.
 
 Budgets: 5e14 FLOPs (about 15M bytes per model), then "auto": the largest multiple (2-16x) of
-it that the measured speed of the first four runs fits into what is left of --time_limit_s.
+it that the measured speed of the first four runs fits into what is left of the time limit
+(420 s unless --time_limit_s says otherwise).
 The resolved budget is in results.json; to rerun exactly, pass --budgets=5e14,<that>.
 
 `:cpu` is a tiny version for a 2-core CPU (a few minutes): 256-byte windows, batch 8,
-models of 0.1-0.4M parameters, 4 MB of this machine's site-packages. It proves the pipeline,
+models of 0.15-1.7M parameters, 4 MB of this machine's site-packages. It proves the pipeline,
 nothing about the models.
 """
 
@@ -46,7 +47,7 @@ def get_study(variant: str = "h100") -> dict:
         "train": {"learning_rate": 1.5e-3, "warmup_fraction": 0.05, "min_lr_ratio": 0.1,
                   "weight_decay": 0.1, "b2": 0.95, "grad_clip": 1.0},
         "quick_evals": 4, "eval_batches": 8,
-        "budgets": [5e14, "auto"],
+        "budgets": [5e14, "auto"], "time_limit_s": 420,
         "models": [
             {"name": "transformer", "kind": "transformer", "dim": 256, "layers": 3,
              "heads": 4},

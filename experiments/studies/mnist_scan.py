@@ -24,9 +24,10 @@ Same model, same FLOPs, only the byte order differs:
 MEGABYTE: global 512 x 4 (8 heads), local 256 x 2; transformer width 256 x 4. Optimiser as
 the code study (AdamW, 1.5e-3, 5% warmup, cosine to 10%), bf16. Budgets: 5e14 FLOPs, then
 "auto" (see experiments/study.py), at most 8 times more (a P = 16 model then reads the
-37 MB of training images about 7 times). Training stops 90 s before --time_limit_s; in that time the
-largest-budget model of each kind draws 32 digits and completes the bottom half of 8 held-out
-ones (samples.png, completions.png, samples/).
+37 MB of training images about 7 times). Training stops 120 s before the time limit (420 s
+unless --time_limit_s says otherwise); in that time the largest-budget run of each model
+draws 32 digits and completes the bottom half of 8 held-out ones (samples.png,
+completions.png, samples/).
 
 `:cpu` is a tiny version for a 2-core CPU (a couple of minutes), pipeline check only.
 """
@@ -50,8 +51,8 @@ def get_study(variant: str = "h100") -> dict:
         "train": {"learning_rate": 1.5e-3, "warmup_fraction": 0.05, "min_lr_ratio": 0.1,
                   "weight_decay": 0.1, "b2": 0.95, "grad_clip": 1.0},
         "quick_evals": 4, "eval_batches": 5,
-        "budgets": [5e14, "auto"], "auto_multiples": (8, 6, 5, 4, 3, 2),
-        "sample_reserve_s": 90,
+        "budgets": [5e14, "auto"], "time_limit_s": 420, "auto_multiples": (8, 6, 5, 4, 3, 2),
+        "sample_reserve_s": 120,
         "models": [
             megabyte("raster-p16", "raster", 16, *shape),
             megabyte("patch-p16", "patch", 16, *shape),
