@@ -392,11 +392,9 @@ def estimate_seconds(model_name: str, steps: int, study: dict, cost, done: Seque
     return None
   bytes_needed = steps * study["batch_size"] * study["seq_len"]
 
-  def fixed(r):
-    return max(0.0, r["wall_s"] - bytes_needed_of(r) / r["bytes_per_s"])
-
-  def bytes_needed_of(r):
-    return max(r["steps"] - 1, 0) * r["batch_size"] * r["seq_len"]
+  def fixed(r):   # what a run costs besides its timed steps: loading, compiling, evaluating
+    timed_bytes = max(r["steps"] - 1, 0) * r["batch_size"] * r["seq_len"]
+    return max(0.0, r["wall_s"] - timed_bytes / r["bytes_per_s"])
 
   same = [r for r in finished if r["model"] == model_name]
   if same:
