@@ -45,6 +45,9 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> str:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """Reads `DIR/config.json` back into a ConfigDict.
 
+  JSON has no tuples: the model section's arrays (`patch_sizes`, `conv_kernel_sizes`, ...,
+  tuples in `MegabyteConfig`) come back as tuples, so the config equals the one saved.
+
   Raises:
     ConfigError: when the file is missing or is not valid JSON.
   """
@@ -57,6 +60,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       values = json.load(f)
   except (OSError, ValueError) as e:
     raise ConfigError(f"cannot read {path}: {e}") from e
+  if isinstance(values.get("model"), dict):
+    values["model"] = {k: tuple(v) if isinstance(v, list) else v
+                       for k, v in values["model"].items()}
   return ml_collections.ConfigDict(values)
 
 
@@ -67,6 +73,8 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
     for key in sorted(set(a) | set(b)):
       out += _diff(a.get(key), b.get(key), f"{prefix}.{key}")
     return out
+  if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):   # JSON has no tuples
+    a, b = list(a), list(b)
   return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
 
 
