@@ -36,6 +36,7 @@ from absl import app, flags
 from megabyte_jax import ByteTransformer, Megabyte, MegabyteConfig, TransformerConfig, generate
 from megabyte_jax import fused_decode
 from megabyte_jax.generation import cached_logits
+from megabyte_jax.megabyte import local_spec
 from megabyte_jax.flops import model_cost
 from megabyte_jax.sampling import sample_uncached
 from megabyte_jax.train_state import init_params
@@ -140,11 +141,6 @@ def time_uncached(name, model, params, prompt_len, num_bytes) -> dict:
           "compile_s": round(compile_s, 2)}
 
 
-def _local_spec(cfg):
-  from megabyte_jax.megabyte import local_spec   # pylint: disable=import-outside-toplevel
-  return local_spec(cfg) if isinstance(cfg, MegabyteConfig) else None
-
-
 def compare_modes(name, model, params, modes, num_bytes) -> dict:
   """Teacher-forced logits of the cached decoder under each `fused_decode.MODE`, against the
   first: the largest absolute difference and how often the argmax agrees."""
@@ -185,7 +181,7 @@ def main(argv):
                              _REPEATS.value)
         record.update(params=params_count[name], fused_mode=mode,
                       fused=name == "megabyte" and fused_decode.use_fused(
-                          _local_spec(cfg), batch, cfg.patch_size))
+                          local_spec(cfg), batch, cfg.patch_size))
         _emit(record)
     if _CHECK_BYTES.value and len(_FUSED.value) > 1:
       _emit(compare_modes(name, model, params, _FUSED.value, _CHECK_BYTES.value))

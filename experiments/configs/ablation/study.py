@@ -35,6 +35,8 @@ pipeline on a 2-core CPU; it says nothing about the variants.
 """
 
 import copy
+import importlib.util
+import os
 
 _BASE = {
     "h100": dict(patch_size=8, global_dim=512, global_layers=6, global_heads=8,
@@ -66,35 +68,26 @@ def models(variant: str = "h100") -> list:
   ]
 
 
+def _code_study(variant: str) -> dict:
+  """`experiments/studies/code_equal_compute.py`'s study (loaded by path, so a train config
+  of this folder works from any directory)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
+                      "studies", "code_equal_compute.py")
+  spec = importlib.util.spec_from_file_location("_code_equal_compute", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_study(variant)
+
+
 def get_study(variant: str = "h100") -> dict:
-  """Returns the study dict (see experiments/study.py)."""
-  if variant == "h100":
-    return {
-        "name": "variants_ablation",
-        "corpus": {"kind": "packages", "roots": "site-packages", "eval_target_bytes": 4 << 20,
-                   "max_train_bytes": 512 << 20, "max_file_bytes": 1 << 20, "seed": 0},
-        "seq_len": 2048, "batch_size": 32, "eval_batch_size": 64,
-        "model_defaults": {"dtype": "bfloat16", "param_dtype": "float32"},
-        "train": {"learning_rate": 1.5e-3, "warmup_fraction": 0.05, "min_lr_ratio": 0.1,
-                  "weight_decay": 0.1, "b2": 0.95, "grad_clip": 1.0},
-        "quick_evals": 4, "eval_batches": 8,
-        "budgets": [5e14, "auto"],
-        "models": models("h100"),
-    }
-  if variant == "cpu":
-    return {
-        "name": "variants_ablation_cpu",
-        "corpus": {"kind": "packages", "roots": "site-packages", "eval_target_bytes": 200_000,
-                   "max_train_bytes": 4 << 20, "max_file_bytes": 1 << 20, "seed": 0},
-        "seq_len": 256, "batch_size": 8, "eval_batch_size": 32,
-        "model_defaults": {},
-        "train": {"learning_rate": 3e-3, "warmup_fraction": 0.05, "min_lr_ratio": 0.1,
-                  "weight_decay": 0.1, "b2": 0.95, "grad_clip": 1.0},
-        "quick_evals": 2, "eval_batches": 4,
-        "budgets": [2e11],
-        "models": models("cpu"),
-    }
-  raise ValueError(f"variant must be 'h100' or 'cpu', got {variant!r}")
+  """Returns the study dict (see experiments/study.py): code_equal_compute's corpus, context,
+  batch, optimiser and evaluation, with this ablation's models and budgets."""
+  study = _code_study(variant)      # raises for an unknown variant
+  study.pop("time_limit_s", None)
+  study.update(name="variants_ablation" + ("_cpu" if variant == "cpu" else ""),
+               budgets=[5e14, "auto"] if variant == "h100" else [2e11],
+               models=models(variant))
+  return study
 
 
 def train_config(name: str, variant: str = "h100", budget: float = 5e14):
