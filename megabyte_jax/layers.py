@@ -592,12 +592,37 @@ class CausalConvEncoder(nn.Module):
     return sum(k - 1 for k in kernel_sizes)
 
 
+class ByteEmbed(nn.Embed):
+  """`nn.Embed` whose lookup is a one-hot matmul: `one_hot(ids) @ table`.
+
+  Same parameters (`embedding`, `[vocab, embed]`) and the same values as `nn.Embed`'s
+  gather (one nonzero per row: exact in any dtype), but its gradient is a matmul
+  `one_hot^T @ grad` instead of a scatter-add. On GPU the scatter-add of real text is slow:
+  its atomic adds pile onto the few rows of common bytes (spaces, indentation, 'e'), and it
+  cost a small model on code 250 ms per step where random bytes took 16 ms (H100, see
+  BENCHMARKS.md). The matmul costs `2 * 256 * embed` FLOPs per byte each way, the same for
+  any data, and runs on the matrix units of GPUs and TPUs alike.
+  """
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """`[...]` integer byte ids -> `[..., features]` embeddings in the compute dtype."""
+    if not jnp.issubdtype(inputs.dtype, jnp.integer):
+      raise ValueError("Input type must be an integer or unsigned integer.")
+    (embedding,) = self.promote_dtype(self.embedding, dtype=self.dtype, inexact=False)
+    one_hot = jax.nn.one_hot(inputs, self.num_embeddings, dtype=embedding.dtype)
+    # HIGHEST keeps float32 tables exact where the default would round them (TF32 on GPU,
+    # bf16 passes on TPU); bf16 tables are exact at any precision.
+    return jnp.einsum("...v,vd->...d", one_hot, embedding,
+                      precision=jax.lax.Precision.HIGHEST)
+
+
 def byte_embedding(dim: int, init_std: Optional[float], dtype: Any, param_dtype: Any,
                    name: str) -> nn.Embed:
-  """A 256-row byte embedding table `[vocab, embed]` with logical axis names."""
-  return nn.Embed(256, dim, dtype=dtype, param_dtype=param_dtype, name=name,
-                  embedding_init=nn.with_logical_partitioning(embedding_init(init_std),
-                                                              ("vocab", "embed")))
+  """A 256-row byte embedding table `[vocab, embed]` with logical axis names (`ByteEmbed`:
+  looked up by a one-hot matmul)."""
+  return ByteEmbed(256, dim, dtype=dtype, param_dtype=param_dtype, name=name,
+                   embedding_init=nn.with_logical_partitioning(embedding_init(init_std),
+                                                               ("vocab", "embed")))
 
 
 def shift_right(x: jax.Array, pad: jax.Array, axis: int) -> jax.Array:

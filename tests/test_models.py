@@ -175,3 +175,29 @@ def test_jit_apply_matches_eager(megabyte_cfg):
   eager = model.apply(variables, tokens)
   jitted = jax.jit(model.apply)(variables, tokens)
   np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_byte_embed_matches_a_gather_and_its_gradient(dtype):
+  """The one-hot matmul lookup gives `nn.Embed`'s values and the scatter-add's gradient,
+  on text-like ids where a few bytes repeat many times."""
+  from megabyte_jax.layers import ByteEmbed   # pylint: disable=g-import-not-at-top
+  ids = jnp.asarray(np.frombuffer(b"    def f(x):\n        return x  # eeee" * 3, np.uint8))
+  ids = ids.reshape(3, -1)
+  ours, ref = ByteEmbed(256, 24, dtype=dtype), nn.Embed(256, 24, dtype=dtype)
+  params = ref.init(jax.random.key(0), ids)
+  np.testing.assert_array_equal(ours.apply(params, ids), ref.apply(params, ids))
+  assert ours.apply(params, ids).dtype == dtype
+  cot = jax.random.normal(jax.random.key(1), ids.shape + (24,))
+  grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply(p, ids).astype(jnp.float32) * cot))(
+      params)["params"]["embedding"]
+  exact = grad(nn.Embed(256, 24))   # float32 gather: its scatter-add gradient
+  ours_grad = grad(ours)
+  if dtype == jnp.float32:
+    np.testing.assert_allclose(ours_grad, exact, rtol=1e-6, atol=1e-6)
+  else:   # one bf16 rounding of a float32-accumulated sum (the scatter rounds at every add)
+    scale = float(jnp.max(jnp.abs(exact)))
+    np.testing.assert_allclose(ours_grad, exact, atol=scale / 128)
+    assert jnp.max(jnp.abs(ours_grad - exact)) <= jnp.max(jnp.abs(grad(ref) - exact))
+  with pytest.raises(ValueError, match="integer"):
+    ours.apply(params, ids.astype(jnp.float32))

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
+from megabyte_jax import data as data_lib
 from megabyte_jax import sharding
 from megabyte_jax.flops import model_cost
 from megabyte_jax.losses import byte_nll
@@ -57,6 +58,10 @@ _PEER_ARGS = flags.DEFINE_string("peer_args", "", "Arguments for the peer script
 _CHECK = flags.DEFINE_bool("check_numerics", False, "Also compare the loss of the fast path "
                             "(the config as given) with the reference path (float32 compute, "
                             "XLA attention) on the same parameters and batch, and print it.")
+_BYTES = flags.DEFINE_enum("bytes", "random", ["random", "data"],
+                           "What the timed batches hold: uniform random bytes (as the peer "
+                           "benchmark feeds) or the first batches of the config's training "
+                           "data (real text: skewed byte frequencies).")
 _PEER_PATH = flags.DEFINE_string("peer_pythonpath", "/tmp/peer",
                                  "PYTHONPATH of the peer's own packages.")
 
@@ -67,17 +72,36 @@ def peak_memory() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-def measure(config) -> dict:
-  """Compiles and times the train step of `config` on its mesh; returns the JSON record."""
+def host_batches(config, seq_len: int, patch_size: int, count: int,
+                 source: str = "random") -> list[np.ndarray]:
+  """`count` uint8 batches `[train.batch_size, seq_len]`: uniform random bytes, or (`source`
+  "data") the first batches of the config's training pipeline."""
+  batch = int(config.train.batch_size)
+  if source == "random":
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (batch, seq_len), np.uint8) for _ in range(count)]
+  data = data_lib.load_byte_data(config.data, seq_len, patch_size)
+  separator = config.data.get("separator", 0)
+  iterator = iter(data_lib.training_batches(
+      data.train, seq_len, batch, seed=int(config.get("seed", 0)),
+      separator=None if separator in (None, -1) else separator, prefetch=0))
+  try:
+    return [np.asarray(next(iterator)) for _ in range(count)]
+  finally:
+    iterator.close()
+
+
+def measure(config, source: str = "random") -> dict:
+  """Compiles and times the train step of `config` on its mesh, on batches of `source`
+  (see `host_batches`); returns the JSON record."""
   batch = int(config.train.batch_size)
   start = time.perf_counter()
   model, cfg, mesh, state, step = fresh_training(config)
   seq_len = cfg.seq_len
-  rng = np.random.default_rng(0)
   # A few distinct batches, rotated, so no step reads what the previous one left in cache.
   batch_sharding = sharding.batch_sharding(mesh)
-  batches = [sharding.shard_batch(rng.integers(0, 256, (batch, seq_len), np.uint8),
-                                  batch_sharding) for _ in range(4)]
+  batches = [sharding.shard_batch(b, batch_sharding)
+             for b in host_batches(config, seq_len, getattr(cfg, "patch_size", 1), 4, source)]
   state, metrics = step(state, batches[0])
   jax.block_until_ready(metrics["loss"])
   compile_s = time.perf_counter() - start
@@ -102,6 +126,7 @@ def measure(config) -> dict:
       "backend": jax.default_backend(), "jax": jax.__version__,
       "python": platform.python_version(), "model": type(model).__name__,
       "config": cfg.to_dict(), "params": cost.params, "batch": batch, "seq_len": seq_len,
+      "bytes": source,
       "grad_accum_steps": int(config.train.get("grad_accum_steps", 1)),
       "bytes_per_step": batch * seq_len, "step_s": round(step_s, 6),
       "step_s_min": round(min(times), 6), "step_s_max": round(max(times), 6),
@@ -150,7 +175,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   # The peer runs first, in its own process: JAX keeps the GPU memory it takes until exit.
   peer = run_peer() if _PEER.value else []
-  ours = measure(_CONFIG.value)
+  ours = measure(_CONFIG.value, _BYTES.value)
   print(json.dumps(ours), flush=True)
   if _CHECK.value:
     print(json.dumps(compare_with_reference_path(_CONFIG.value)), flush=True)
