@@ -41,6 +41,24 @@ def collect(results_dirs: Sequence[str]) -> list[dict]:
   return sorted(runs.values(), key=lambda r: (r["budget_flops"], _model_order(r)))
 
 
+def select_models(records: Sequence[dict], spec: Optional[str]) -> list[dict]:
+  """The records of the models named in `spec` ("a,b=label,..."; None or "": all), in the
+  same order; `name=label` shows model `name` as `label` (e.g. the code study's
+  `megabyte-p8` as the ablation's `base`, which is the same model and settings).
+
+  Raises:
+    ValueError: a named model with no finished run.
+  """
+  if not spec:
+    return list(records)
+  labels = dict(part.split("=", 1) if "=" in part else (part, part)
+                for part in spec.split(",") if part)
+  missing = sorted(set(labels) - {r["model"] for r in records})
+  if missing:
+    raise ValueError(f"no finished runs of model(s) {missing}")
+  return [dict(r, model=labels[r["model"]]) for r in records if r["model"] in labels]
+
+
 def _model_order(record: dict) -> tuple:
   return (record["kind"] != "transformer", record.get("order") or "",
           record.get("patch_size") or 1, record["model"])
@@ -158,11 +176,13 @@ def plot(records: Sequence[dict], out_dir: str, title: Optional[str] = None) -> 
   return paths
 
 
-def plot_directory(results_dir: str, out_dir: Optional[str] = None) -> list[str]:
+def plot_directory(results_dir: str, out_dir: Optional[str] = None,
+                   models: Optional[str] = None) -> list[str]:
   """Tables and plots of every finished run under `results_dir` (comma-separated for
-  several), written into `out_dir` (default: the first results directory)."""
+  several; only `models`, see `select_models`), written into `out_dir` (default: the first
+  results directory)."""
   dirs = [d for d in results_dir.split(",") if d]
-  records = collect(dirs)
+  records = select_models(collect(dirs), models)
   if not records:
     raise ValueError(f"no finished runs in {results_dir!r}")
   out_dir = out_dir or dirs[0]
@@ -175,9 +195,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--results", required=True,
                       help="results directory (comma-separated to merge several)")
   parser.add_argument("--out", default=None, help="output directory (default: the first)")
+  parser.add_argument("--models", default=None,
+                      help="only these models, comma-separated; NAME=LABEL shows NAME as LABEL")
   args = parser.parse_args(argv)
   try:
-    for path in plot_directory(args.results, args.out):
+    for path in plot_directory(args.results, args.out, args.models):
       print(path)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")

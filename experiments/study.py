@@ -454,10 +454,16 @@ def write_results(results_dir: str, study: dict, corpora: dict, records: Sequenc
 
 
 def load_runs(results_dir: str) -> list[dict]:
-  """Every run record in `results_dir/runs/*.json`, oldest first."""
+  """Every run record in `results_dir/runs/*.json`, oldest first; without a `runs/` folder,
+  those listed in `results_dir/results.json` (a copy that kept only the summary files)."""
   runs_dir = os.path.join(results_dir, "runs")
   if not os.path.isdir(runs_dir):
-    return []
+    summary = os.path.join(results_dir, "results.json")
+    if not os.path.isfile(summary):
+      return []
+    with open(summary, encoding="utf-8") as f:
+      records = json.load(f).get("runs", [])
+    return sorted(records, key=lambda r: (r.get("finished") or "", r["run"]))
   records = []
   for name in sorted(os.listdir(runs_dir)):
     if name.endswith(".json"):

@@ -165,11 +165,13 @@ PAPER_TABLE15 = (
         seq_len=8192, patch_size=8, global_dim=2048, global_layers=14, global_heads=32,
         local_dim=1024, local_layers=18, local_heads=16, **_RECIPE), "758M", "262M"),
     ("ImageNet64 (best)", MegabyteConfig(
-        seq_len=12288, patch_size=12, global_dim=2556, global_layers=32, global_heads=36,
-        local_dim=1024, local_layers=24, local_heads=16, **_RECIPE), "2.7B", "350M"),
+        seq_len=12288, patch_size=12, global_dim=2556, global_layers=32, global_heads=32,
+        global_head_dim=80, local_dim=1024, local_layers=24, local_heads=16, **_RECIPE),
+     "2.7B", "350M"),
     ("ImageNet64 (control)", MegabyteConfig(
-        seq_len=12288, patch_size=12, global_dim=2052, global_layers=24, global_heads=36,
-        local_dim=2048, local_layers=24, local_heads=32, **_RECIPE), "1.3B", "1.3B"),
+        seq_len=12288, patch_size=12, global_dim=2052, global_layers=24, global_heads=32,
+        global_head_dim=64, local_dim=2048, local_layers=24, local_heads=32, **_RECIPE),
+     "1.3B", "1.3B"),
     ("ImageNet256", MegabyteConfig(
         seq_len=196608, patch_size=192, global_dim=768, global_layers=12, global_heads=12,
         local_dim=768, local_layers=12, local_heads=12, **_RECIPE), "125M", "125M"),

@@ -129,19 +129,23 @@ def test_paper_configs_agree_with_the_flops_table():
   """`megabyte_jax.flops.PAPER_TABLE15` (the README's table) builds the same shapes."""
   from megabyte_jax.flops import PAPER_TABLE15
 
-  def shape(cfg):
+  def shape(cfg):   # every field that sizes a matmul, with head widths resolved
     if hasattr(cfg, "global_dim"):
-      return (cfg.seq_len, cfg.patch_size, cfg.global_dim, cfg.global_layers, cfg.local_dim,
-              cfg.local_layers)
-    return (cfg.seq_len, cfg.dim, cfg.layers)
+      return (cfg.seq_len, cfg.patch_size, cfg.global_dim, cfg.global_layers, cfg.global_heads,
+              cfg.global_head_dim or cfg.global_dim // cfg.global_heads, cfg.local_dim,
+              cfg.local_layers, cfg.local_heads,
+              cfg.local_head_dim or cfg.local_dim // cfg.local_heads)
+    return (cfg.seq_len, cfg.dim, cfg.layers, cfg.heads, cfg.head_dim or cfg.dim // cfg.heads)
 
   ours = {}
   for path in PAPER_FILES:
     _, cfg = build_model(_load_config_module(path).get_config().model)
     ours[shape(cfg)] = cfg
-  for _, table_cfg, _, _ in PAPER_TABLE15:
+  for name, table_cfg, _, _ in PAPER_TABLE15:
+    assert shape(table_cfg) in ours, f"no paper config builds the table's {name} shape"
     cfg = ours[shape(table_cfg)]
-    assert model_cost(cfg).params == pytest.approx(model_cost(table_cfg).params, rel=0.005)
+    assert model_cost(cfg).params == model_cost(table_cfg).params
+    assert model_cost(cfg).train_flops_per_byte == model_cost(table_cfg).train_flops_per_byte
 
 
 def test_recipes():
@@ -520,10 +524,24 @@ def test_markdown_table_and_collect(tmp_path):
     study_lib.save_run(str(tmp_path / directory), dict(record, eval_bpb=bpb))
   merged = plot_results.collect([str(tmp_path / "a"), str(tmp_path / "b")])
   assert [r["eval_bpb"] for r in merged] == [2.0]          # the later directory wins
+  study_lib.write_results(str(tmp_path / "c"), {"models": []}, {}, [dict(record, eval_bpb=1.5)])
+  assert [r["eval_bpb"] for r in plot_results.collect([str(tmp_path / "c")])] == [1.5]
   with pytest.raises(FileNotFoundError):
     plot_results.collect([str(tmp_path / "none")])
   proc = run_module("experiments.plot_results", f"--results={tmp_path / 'a'}")
   assert "bpb_vs_flops.png" in proc.stdout
+
+
+def test_select_models_filters_and_relabels():
+  records = [{"model": "megabyte-p8", "run": "megabyte-p8@1e9"},
+             {"model": "transformer", "run": "transformer@1e9"},
+             {"model": "conv", "run": "conv@1e9"}]
+  assert plot_results.select_models(records, None) == records
+  picked = plot_results.select_models(records, "megabyte-p8=base,conv")
+  assert [r["model"] for r in picked] == ["base", "conv"]
+  assert picked[0]["run"] == "megabyte-p8@1e9" and records[0]["model"] == "megabyte-p8"
+  with pytest.raises(ValueError, match="cross_patch"):
+    plot_results.select_models(records, "conv,cross_patch")
 
 
 def test_shipped_studies_load_and_match_flops():

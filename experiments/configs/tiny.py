@@ -15,7 +15,7 @@ def get_config():
   config.train.eval_batches = 2
   config.train.checkpoint_every = 10
   config.train.tensorboard = False
-  config.eval.batch_size = 8
+  config.eval.batch_size = 64
   config.data.chunk_bytes = 2 ** 16
   config.sample.num_bytes = 16
   return config
