@@ -7,8 +7,11 @@
         --peer=.peer/megabyte_pytorch_bench.py --peer_args="--compile"
 
 Times exactly the step `megabyte_jax.train` runs (`train_step.make_train_step`: forward, backward,
-AdamW with clipping, donated state) on random bytes already on the device, so the figure is
-what the model consumes, free of the input pipeline: `--steps` steps per repeat, each repeat
+AdamW with clipping, donated state) on batches already on the device, so the figure is
+what the model consumes, free of the input pipeline. The batches hold uniform random bytes, as
+the peer benchmark feeds, or with `--bytes=data` the config's own training text, whose skewed
+byte frequencies are what a real run sees (a scatter-add embedding gradient, for one, was 16x
+slower on text than on random bytes; see BENCHMARKS.md): `--steps` steps per repeat, each repeat
 ended by `block_until_ready`, the median of `--repeats` repeats after `--warmup` steps
 (compilation is reported apart). The step runs on the config's mesh (`--config.mesh.data=2`,
 `--config.mesh.fsdp=-1`, ...; default: data parallel over every device). Prints one JSON
