@@ -43,6 +43,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from megabyte_jax.data import codecs
+from megabyte_jax.data.local_files import read_document
 from megabyte_jax.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -170,14 +171,6 @@ def choose_eval_packages(package_bytes: dict[str, int], target_bytes: int, seed:
   return sorted(chosen)
 
 
-def _read(path: str) -> bytes:
-  try:
-    with open(path, "rb") as f:
-      return f.read()
-  except OSError as e:
-    raise DataError(f"cannot read {path}: {e.strerror or e}") from e
-
-
 def build_package_corpus(out_dir: str, roots: Sequence[str] | str = SITE_PACKAGES,
                          eval_packages: Optional[Sequence[str]] = None,
                          eval_target_bytes: int = 4 << 20,
@@ -243,7 +236,7 @@ def build_package_corpus(out_dir: str, roots: Sequence[str] | str = SITE_PACKAGE
   eval_files = eval_bytes = 0
   for name in held_out:
     for path, rel, _ in packages[name]:
-      data = _read(path)
+      data = read_document(path).tobytes()
       digest = hashlib.sha256(data).digest()
       if digest in eval_hashes:
         continue
@@ -276,7 +269,7 @@ def build_package_corpus(out_dir: str, roots: Sequence[str] | str = SITE_PACKAGE
   for path, rel, _ in files:
     if max_train_bytes is not None and train_bytes >= max_train_bytes:
       break
-    data = _read(path)
+    data = read_document(path).tobytes()
     digest = hashlib.sha256(data).digest()
     if digest in eval_hashes:
       held_out_copies += 1

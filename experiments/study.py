@@ -149,8 +149,10 @@ def budget_tag(budget: float) -> str:
   return f"{mantissa}e{int(exponent)}"
 
 
-def experiment_config(study: dict, model: dict, steps: int, data_files: str, eval_files: str):
-  """The `megabyte_jax` experiment config of one run of `model` for `steps` steps."""
+def model_config(study: dict, model: dict, steps: int):
+  """The `megabyte_jax` config of `model` trained for `steps` steps with the study's context,
+  batch and optimiser (learning-rate schedule, warmup); data, evaluation and logging are the
+  defaults (`experiment_config` sets them for a study run)."""
   from megabyte_jax.experiment import base_config  # pylint: disable=g-import-not-at-top
   dropped = ("name", "kind", "order", "learning_rate") + (
       ("patch_size",) if model["kind"] == "transformer" else ())
@@ -169,6 +171,14 @@ def experiment_config(study: dict, model: dict, steps: int, data_files: str, eva
   config.train.batch_size = int(study["batch_size"])
   # At least one warmup step, and at least one step of decay after it.
   config.train.warmup_steps = max(0, min(int(steps) - 1, max(1, round(warmup_fraction * steps))))
+  return config
+
+
+def experiment_config(study: dict, model: dict, steps: int, data_files: str, eval_files: str):
+  """The `megabyte_jax` experiment config of one run of `model` for `steps` steps: the
+  `model_config`, trained on `data_files` and evaluated on `eval_files` at the study's
+  cadence."""
+  config = model_config(study, model, steps)
   quick_evals = int(study.get("quick_evals", 0))
   log_every = max(1, int(steps) // int(study.get("log_windows", 40)))
   config.train.log_every = log_every
@@ -197,7 +207,7 @@ def model_costs(study: dict) -> dict[str, Any]:
   from megabyte_jax.models import build_model  # pylint: disable=g-import-not-at-top
   costs = {}
   for model in study["models"]:
-    config = experiment_config(study, model, 1, "unused", "unused")
+    config = model_config(study, model, 1)
     _, cfg = build_model(config.model)
     costs[model["name"]] = model_cost(cfg, study["seq_len"])
   return costs

@@ -174,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       f"multiple of the mesh's data x fsdp size ({data_shards})")
   dataset = data_lib.training_batches(
       data.train, model_cfg.seq_len, t.batch_size // jax.process_count(), seed=config.seed,
-      separator=None if config.data.separator in (None, -1) else config.data.separator,
+      separator=data_lib.separator_of(config.data),
       process_index=jax.process_index(),
       process_count=jax.process_count(), read_threads=config.data.read_threads,
       prefetch=config.data.prefetch, workers=config.data.workers,

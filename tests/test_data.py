@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from megabyte_jax import DataError
-from megabyte_jax.data import load_byte_data, load_eval_files
+from megabyte_jax.data import load_byte_data, load_eval_files, separator_of
 from megabyte_jax.data.local_files import (eval_windows, read_documents,
                                            resolve_files, split_files, stdlib_root)
 
@@ -107,3 +107,12 @@ def test_unreadable_file_is_named(tmp_path):
   missing = str(tmp_path / "gone.txt")
   with pytest.raises(DataError, match="gone.txt"):
     read_documents([missing])
+
+
+def test_separator_of_reads_minus_one_and_none_as_no_separator():
+  import ml_collections   # pylint: disable=g-import-not-at-top
+  assert separator_of(ml_collections.ConfigDict({"separator": 10})) == 10
+  assert separator_of(ml_collections.ConfigDict({"separator": 0})) == 0
+  assert separator_of(ml_collections.ConfigDict({"separator": -1})) is None
+  assert separator_of(ml_collections.ConfigDict({"separator": None})) is None
+  assert separator_of(ml_collections.ConfigDict({})) == 0

@@ -84,10 +84,9 @@ def host_batches(config, seq_len: int, patch_size: int, count: int,
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (batch, seq_len), np.uint8) for _ in range(count)]
   data = data_lib.load_byte_data(config.data, seq_len, patch_size)
-  separator = config.data.get("separator", 0)
   iterator = iter(data_lib.training_batches(
       data.train, seq_len, batch, seed=int(config.get("seed", 0)),
-      separator=None if separator in (None, -1) else separator, prefetch=0))
+      separator=data_lib.separator_of(config.data), prefetch=0))
   try:
     return [np.asarray(next(iterator)) for _ in range(count)]
   finally:

@@ -25,8 +25,8 @@ SOURCES = (LOCAL_FILES, "byte_files", "image_folder", "audio_folder")  # or a TF
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
 __all__ = ["STDLIB", "SOURCES", "ByteData", "DataError", "EvalWindows", "InMemorySource",
-           "eval_windows", "load_byte_data", "load_eval_files", "split_file_lists",
-           "training_batches", "validation_documents"]
+           "eval_windows", "load_byte_data", "load_eval_files", "separator_of",
+           "split_file_lists", "training_batches", "validation_documents"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +98,13 @@ def _builder_source(data_cfg, patch_size: int, split: str) -> Any:
   data_dir = os.path.expanduser(data_cfg.get("data_dir") or DEFAULT_DATA_DIR)
   return builders.build_source(data_cfg.name, builder_options(data_cfg, patch_size), data_dir,
                                split)
+
+
+def separator_of(data_cfg) -> Optional[int]:
+  """The byte `training_batches` appends to each training document: `data_cfg.separator`,
+  or None (documents run together) where it is -1 or None."""
+  separator = data_cfg.get("separator", 0)
+  return None if separator in (None, -1) else separator
 
 
 def validation_documents(data_cfg, patch_size: int = 1) -> list[np.ndarray]:

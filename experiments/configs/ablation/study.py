@@ -34,7 +34,6 @@ measured speed fits into what is left of --time_limit_s.
 pipeline on a 2-core CPU; it says nothing about the variants.
 """
 
-import copy
 import importlib.util
 import os
 
@@ -68,15 +67,19 @@ def models(variant: str = "h100") -> list:
   ]
 
 
-def _code_study(variant: str) -> dict:
-  """`experiments/studies/code_equal_compute.py`'s study (loaded by path, so a train config
-  of this folder works from any directory)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
-                      "studies", "code_equal_compute.py")
-  spec = importlib.util.spec_from_file_location("_code_equal_compute", path)
+def _experiments_module(*path: str):
+  """A module of `experiments/` loaded by its path, so that a train config of this folder
+  works from any directory (without `experiments` on the Python path)."""
+  full = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, *path)
+  spec = importlib.util.spec_from_file_location("_ablation_" + "_".join(path)[:-3], full)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_study(variant)
+  return module
+
+
+def _code_study(variant: str) -> dict:
+  """`experiments/studies/code_equal_compute.py`'s study."""
+  return _experiments_module("studies", "code_equal_compute.py").get_study(variant)
 
 
 def get_study(variant: str = "h100") -> dict:
@@ -91,28 +94,21 @@ def get_study(variant: str = "h100") -> dict:
 
 
 def train_config(name: str, variant: str = "h100", budget: float = 5e14):
-  """A `megabyte_jax.train` config of one ablation model on its own: the study's shape and
-  optimiser, steps for `budget` training FLOPs, the default data (the stdlib's sources; the
-  study driver supplies its own corpus instead)."""
-  from megabyte_jax.experiment import base_config  # pylint: disable=g-import-not-at-top
+  """A `megabyte_jax.train` config of one ablation model on its own: the study driver's
+  `model_config` (the study's shape and optimiser) with steps for `budget` training FLOPs,
+  four evaluations, the default data (the stdlib's sources; the study driver supplies its
+  own corpus instead)."""
   from megabyte_jax.flops import model_cost  # pylint: disable=g-import-not-at-top
   from megabyte_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  driver = _experiments_module("study.py")
   study = get_study(variant)
   by_name = {m["name"]: m for m in study["models"]}
   if name not in by_name:
     raise ValueError(f"model must be one of {sorted(by_name)}, got {name!r}")
-  fields = {k: v for k, v in copy.deepcopy(by_name[name]).items() if k not in ("name", "kind")}
-  config = base_config("megabyte", seq_len=study["seq_len"],
-                       **dict(study["model_defaults"], **fields))
-  train = dict(study["train"])
-  warmup_fraction = train.pop("warmup_fraction")
-  for key, value in train.items():
-    config.train[key] = value
-  _, cfg = build_model(config.model)
-  per_step = model_cost(cfg).train_flops_per_byte * study["batch_size"] * study["seq_len"]
-  config.train.steps = max(1, round(budget / per_step))
-  config.train.batch_size = study["batch_size"]
-  config.train.warmup_steps = max(1, round(warmup_fraction * config.train.steps))
+  _, cfg = build_model(driver.model_config(study, by_name[name], 1).model)
+  steps = driver.steps_for_budget(budget, model_cost(cfg).train_flops_per_byte,
+                                  study["batch_size"], study["seq_len"])
+  config = driver.model_config(study, by_name[name], steps)
   config.train.eval_every = max(1, config.train.steps // 4)
   config.train.eval_batches = study["eval_batches"]
   config.train.checkpoint_every = config.train.steps
