@@ -31,7 +31,7 @@ VOCAB_SIZE = 256  # raw bytes: no tokenizer
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _ACTIVATIONS = ("gelu", "relu", "swiglu")
 _NORMS = ("layernorm", "rmsnorm")
-_ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+_ATTENTION_IMPLS = ("auto", "xla", "cudnn", "short", "pallas")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
@@ -155,8 +155,12 @@ class MegabyteConfig(_CommonConfig):
     tie_embeddings: predict with the local byte embedding matrix (the paper's equation)
       instead of a separate output projection.
     use_bias: biases in dense layers.
-    attention_impl: "xla", "cudnn" (fused flash attention; GPU, half precision only) or
-      "auto": cuDNN on GPU when the dtype and shapes allow it, XLA otherwise.
+    attention_impl: "xla", "cudnn" (fused flash attention; GPU, half precision only),
+      "short" (`layers.short_causal_attention`: fused broadcast products, no batched
+      matmuls; for short sequences such as local patches), "pallas"
+      (`local_attention.patch_attention`: fused Triton kernels for patches of up to 64
+      positions; GPU, one device) or "auto": on GPU cuDNN for 128 positions or more and
+      "pallas" (one device) or "short" below; XLA on other backends.
     remat: rematerialization of each transformer block in training: "none" (keep every
       activation), "full" (keep only block inputs; recompute the rest in the backward
       pass), "dots" (keep matmul outputs) or "dots_no_batch" (keep matmul outputs without

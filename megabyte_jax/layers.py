@@ -32,6 +32,7 @@ available while the current patch is written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -41,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from megabyte_jax.config import resolve_dtype
+from megabyte_jax.local_attention import patch_attention, patch_attention_supported
 
 Initializer = Callable[..., jax.Array]
 
@@ -128,12 +130,77 @@ def make_norm(spec: StackSpec, name: Optional[str] = None) -> nn.Module:
                       name=name)
 
 
-def choose_attention_impl(requested: str, dtype: Any, head_dim: int, length: int) -> str:
-  """Resolves `attention_impl="auto"` to "cudnn" or "xla".
+class Norm(nn.Module):
+  """The configured norm with its learned scale (and LayerNorm bias) left to the caller.
 
-  cuDNN's fused attention needs a GPU, half precision and a head width that is a multiple of
-  8 up to 128; for very short sequences (e.g. a local patch of 8 bytes) XLA's plain
-  attention is as fast and avoids the kernel launch overhead, so "auto" keeps XLA there.
+  Returns `(x_hat, affine)`: `x_hat [..., dim]` is the input normalized (LayerNorm: mean
+  removed; both: divided by the root mean square, statistics in float32 as flax's), in the
+  compute dtype; `affine = (scale [dim], bias [dim] or None)` are the parameters, named and
+  initialized exactly as `make_norm`'s flax `LayerNorm`/`RMSNorm` (`scale`, `bias`), so a
+  checkpoint holds the same tree either way. `x_hat * scale + bias` is the usual norm.
+
+  The blocks fold `affine` into the dense layer that follows (`fold_norm`): `(x_hat * s + b)
+  @ W = x_hat @ (s * W) + b @ W`. The function is the same, but the scale's gradient then
+  comes from the small `[dim, out]` kernel gradient, `sum_j dW'[i, j] W[i, j]`, instead of
+  a column sum over every row of the activations, which on GPU cost a transpose of each
+  `[rows, dim]` activation per norm (about 5 ms of a 46 ms reference step on an H100, see
+  BENCHMARKS.md).
+  """
+
+  spec: StackSpec
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, Optional[jax.Array]]]:
+    """`x [..., dim]` -> `(x_hat [..., dim], (scale [dim], bias [dim] or None))`."""
+    spec = self.spec
+    dtype, param_dtype = resolve_dtype(spec.dtype), resolve_dtype(spec.param_dtype)
+    rms = spec.norm == "rmsnorm"
+    dim = x.shape[-1]
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (dim,), param_dtype)
+    bias = None
+    if not rms and spec.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                             ("embed",)), (dim,), param_dtype)
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean_sq = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    if rms:
+      x_hat = x32 * jax.lax.rsqrt(mean_sq + 1e-6)
+    else:   # flax's fast variance: E[x^2] - E[x]^2, clipped at 0
+      mean = jnp.mean(x32, axis=-1, keepdims=True)
+      var = jnp.maximum(0.0, mean_sq - jnp.square(mean))
+      x_hat = (x32 - mean) * jax.lax.rsqrt(var + 1e-5)
+    return x_hat.astype(dtype), (scale, bias)
+
+
+def fold_norm(kernel: jax.Array, affine: Optional[tuple[jax.Array, Optional[jax.Array]]]
+              ) -> tuple[jax.Array, Optional[jax.Array]]:
+  """Folds a norm's `affine = (scale, bias)` (from `Norm`) into the next dense kernel.
+
+  `kernel [dim, ...]` (input axis first) -> `(scale[:, None...] * kernel, bias @ kernel)`:
+  `x_hat @ k' + shift` equals `(x_hat * scale + bias) @ kernel`. The shift `[...]` is None
+  without a norm bias; with `affine` None the kernel is returned as is. Both are in the
+  kernel's (parameter) dtype; the caller casts.
+  """
+  if affine is None:
+    return kernel, None
+  scale, bias = affine
+  bshape = (kernel.shape[0],) + (1,) * (kernel.ndim - 1)
+  folded = kernel * scale.astype(kernel.dtype).reshape(bshape)
+  shift = None
+  if bias is not None:
+    shift = jnp.tensordot(bias.astype(kernel.dtype), kernel, axes=1)
+  return folded, shift
+
+
+def choose_attention_impl(requested: str, dtype: Any, head_dim: int, length: int,
+                          heads: int = 1) -> str:
+  """Resolves `attention_impl="auto"` to "cudnn", "pallas", "short" or "xla".
+
+  On GPU: cuDNN's fused attention for sequences of 128 or more (it needs half precision
+  and a head width that is a multiple of 8 up to 128); for shorter ones, such as the local
+  model's patches, `local_attention.patch_attention` (fused Pallas kernels, one device,
+  shapes it supports) or else `short_causal_attention`. On CPU and TPU: XLA's attention.
   """
   if requested != "auto":
     return requested
@@ -141,7 +208,43 @@ def choose_attention_impl(requested: str, dtype: Any, head_dim: int, length: int
   half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
   if on_gpu and half and head_dim % 8 == 0 and head_dim <= 128 and length >= 128:
     return "cudnn"
+  if on_gpu and length < 128:
+    # Pallas' kernels are opaque to XLA's SPMD partitioner (a sharded input would be
+    # gathered onto every device), so they are chosen on one device only.
+    mesh = jax.sharding.get_abstract_mesh()
+    one_device = mesh.empty or mesh.size == 1
+    if one_device and patch_attention_supported((1, length, 3, heads, head_dim), dtype):
+      return "pallas"
+    return "short"
   return "xla"
+
+
+def short_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Causal attention as broadcast products and sums, for short sequences.
+
+  `q, k, v`: `[batch, length, heads, head_dim]` -> `[batch, length, heads, head_dim]`, the
+  same function as `jax.nn.dot_product_attention(q, k, v, is_causal=True)`. Scores,
+  softmax and the weighted sum are computed in float32 and the result is cast to `q.dtype`.
+
+  A batched matmul over `[batch, heads]` needs its operands laid out with those axes
+  leading, so XLA transposes q, k, v and the output around it (forward and backward).
+  Written as `sum_d q * k` and `sum_k p * v` in the `[batch, length, heads, head_dim]`
+  layout, each is one fused reduction that reads its inputs once and never materializes
+  the broadcast product. Its work grows as `length^2 * heads * head_dim`, which is small
+  for MEGABYTE's local patches (e.g. 8 bytes), not for long sequences: use it for short
+  ones only (`attention_impl="short"`; "auto" picks it on GPU below 128 positions where
+  `local_attention.patch_attention` does not apply).
+  """
+  length, head_dim = q.shape[1], q.shape[-1]
+  f32 = jnp.float32
+  scale = 1.0 / math.sqrt(head_dim)
+  # scores [batch, q, k, heads]
+  scores = jnp.sum(q.astype(f32)[:, :, None] * k.astype(f32)[:, None], axis=-1) * scale
+  causal = jnp.tril(jnp.ones((length, length), bool))[None, :, :, None]
+  scores = jnp.where(causal, scores, jnp.finfo(f32).min)
+  probs = jax.nn.softmax(scores, axis=2)
+  out = jnp.sum(probs[..., None] * v.astype(f32)[:, None], axis=2)    # [batch, q, heads, d]
+  return out.astype(q.dtype)
 
 
 @flax.struct.dataclass
@@ -199,7 +302,9 @@ def _cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: KVCache,
   v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, index, 0, 0))
   k_all = nn.with_logical_constraint(k_all, CACHE_AXES)
   v_all = nn.with_logical_constraint(v_all, CACHE_AXES)
-  if isinstance(index, int) and index == 0:          # prefill: the training computation
+  if isinstance(index, int) and index == 0 and impl == "short":   # prefill: as in training
+    out = short_causal_attention(q, k, v)
+  elif isinstance(index, int) and index == 0:        # prefill: the training computation
     out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
   else:
     q_pos = index + jnp.arange(q.shape[1], dtype=jnp.int32)
@@ -316,8 +421,10 @@ def _cross_patch_step(q, k, v, cache: KVCache, pos: Any, patch: int, r: int
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention over `[batch, length, dim]`.
 
-  Attention itself goes through `jax.nn.dot_product_attention`, which runs cuDNN's flash
-  attention on GPU when `attention_impl` selects it.
+  Attention itself goes through `jax.nn.dot_product_attention` (cuDNN's flash attention on
+  GPU when `attention_impl` selects it), or for short sequences such as the local model's
+  patches through `local_attention.patch_attention` (fused Pallas kernels, GPU) or
+  `short_causal_attention` (see `choose_attention_impl`).
 
   With `cache` (a `KVCache`) the input holds new positions `index, index+1, ...` only; the
   call attends to them and to the cached ones and returns `(output, updated cache)`.
@@ -332,8 +439,12 @@ class CausalSelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, cache: Optional[KVCache] = None,
-               index: Any = None) -> Any:
-    """Returns `[batch, length, dim]`, or `(that, new cache)` when `cache` is given."""
+               index: Any = None, norm: Optional[tuple] = None) -> Any:
+    """Returns `[batch, length, dim]`, or `(that, new cache)` when `cache` is given.
+
+    `norm`: the `(scale, bias)` of the `Norm` that produced `x`, folded into the QKV
+    projection (`fold_norm`); None when `x` is used as is.
+    """
     spec = self.spec
     dtype, param_dtype = resolve_dtype(spec.dtype), resolve_dtype(spec.param_dtype)
     dim, heads, head_dim = spec.dim, spec.heads, spec.head_dim
@@ -350,14 +461,19 @@ class CausalSelfAttention(nn.Module):
                        out_axis=2),
             ("heads", "kv", "embed")),
         (heads, head_dim, dim), param_dtype)
+    w_qkv, shift = fold_norm(w_qkv, norm)                  # shift: [3, heads, head_dim]
     # qkv: [batch, length, 3, heads, head_dim]
     qkv = jnp.einsum("btd,dchk->btchk", x, w_qkv.astype(dtype))
     if spec.use_bias:
       b_qkv = self.param("qkv_bias", nn.with_logical_partitioning(
           nn.initializers.zeros, (None, "heads", "kv")), (3, heads, head_dim), param_dtype)
-      qkv = qkv + b_qkv.astype(dtype)
+      shift = b_qkv if shift is None else shift + b_qkv
+    if shift is not None:
+      qkv = qkv + shift.astype(dtype)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    impl = choose_attention_impl(spec.attention_impl, dtype, head_dim, x.shape[1])
+    impl = choose_attention_impl(spec.attention_impl, dtype, head_dim, x.shape[1], heads)
+    if impl == "pallas" and (cache is not None or spec.cross_patch):
+      impl = "short"   # the kernel covers training's plain causal attention only
     # out: [batch, length, heads, head_dim]
     if spec.cross_patch:
       start = 0 if index is None else index
@@ -369,6 +485,11 @@ class CausalSelfAttention(nn.Module):
         out, cache = _cross_patch_prefill(q, k, v, cache, spec.patch, spec.cross_patch)
       else:
         out, cache = _cross_patch_step(q, k, v, cache, start, spec.patch, spec.cross_patch)
+    elif cache is None and impl == "pallas":
+      # Reads q, k, v from qkv in place; off GPU (tests) in Pallas' interpreter.
+      out = patch_attention(qkv, interpret=jax.default_backend() != "gpu")
+    elif cache is None and impl == "short":
+      out = short_causal_attention(q, k, v)
     elif cache is None:
       out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
     else:
@@ -381,13 +502,24 @@ class CausalSelfAttention(nn.Module):
     return y if cache is None else (y, cache)
 
 
+def _activate(h: jax.Array, activation: str) -> jax.Array:
+  """The MLP nonlinearity of `h [..., n_in, mlp]` -> `[..., mlp]`."""
+  if activation == "swiglu":
+    return jax.nn.silu(h[..., 0, :]) * h[..., 1, :]
+  if activation == "relu":
+    return jax.nn.relu(h[..., 0, :])
+  return jax.nn.gelu(h[..., 0, :])
+
+
 class Mlp(nn.Module):
   """Position-wise MLP `[..., dim] -> [..., dim]` (GELU, ReLU or SwiGLU)."""
 
   spec: StackSpec
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, norm: Optional[tuple] = None) -> jax.Array:
+    """`[..., dim] -> [..., dim]`; `norm`: a `Norm`'s `(scale, bias)` to fold into the input
+    projection (`fold_norm`), or None."""
     spec = self.spec
     dtype, param_dtype = resolve_dtype(spec.dtype), resolve_dtype(spec.param_dtype)
     n_in = 2 if spec.activation == "swiglu" else 1
@@ -401,16 +533,18 @@ class Mlp(nn.Module):
         nn.with_logical_partitioning(dense_init(spec.init_std, scale=1.0 / (2 * spec.layers)),
                                      ("mlp", "embed")),
         (spec.mlp_dim, spec.dim), param_dtype)
+    w_in, shift = fold_norm(w_in, norm)                     # shift: [n_in, mlp]
     h = jnp.einsum("...d,dnf->...nf", x, w_in.astype(dtype))  # [..., n_in, mlp]
     if spec.use_bias:
-      h = h + self.param("in_bias", nn.with_logical_partitioning(
-          nn.initializers.zeros, (None, "mlp")), (n_in, spec.mlp_dim), param_dtype).astype(dtype)
-    if spec.activation == "swiglu":
-      h = jax.nn.silu(h[..., 0, :]) * h[..., 1, :]
-    elif spec.activation == "relu":
-      h = jax.nn.relu(h[..., 0, :])
-    else:
-      h = jax.nn.gelu(h[..., 0, :])
+      b_in = self.param("in_bias", nn.with_logical_partitioning(
+          nn.initializers.zeros, (None, "mlp")), (n_in, spec.mlp_dim), param_dtype)
+      shift = b_in if shift is None else shift + b_in
+    if shift is not None:
+      h = h + shift.astype(dtype)
+    # Rematerialized: the backward pass recomputes the activation from `h` (kept anyway as
+    # the matmul's output) inside its own fused kernel, instead of the forward pass writing
+    # extra `[..., mlp]` intermediates for it (two passes over the widest activation saved).
+    h = jax.checkpoint(functools.partial(_activate, activation=spec.activation))(h)
     y = jnp.einsum("...f,fd->...d", h, w_out.astype(dtype))
     if spec.use_bias:
       y = y + self.param("out_bias", nn.with_logical_partitioning(
@@ -420,6 +554,9 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
   """A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+  Each norm's learned scale (and bias) is folded into the projection after it (`Norm`,
+  `fold_norm`): the same function and parameters as applying it to the activations.
 
   With `cache`, decodes incrementally (see `CausalSelfAttention`) and returns
   `(output, updated cache)`.
@@ -433,13 +570,14 @@ class Block(nn.Module):
     """Returns `[batch, length, dim]`, or `(that, new cache)` when `cache` is given."""
     spec = self.spec
     attn = CausalSelfAttention(spec, name="attn")
-    normed = make_norm(spec, "attn_norm")(x)
+    normed, affine = Norm(spec, name="attn_norm")(x)      # affine folded into the QKV kernel
     if cache is None:
-      h = attn(normed)
+      h = attn(normed, norm=affine)
     else:
-      h, cache = attn(normed, cache, index)
+      h, cache = attn(normed, cache, index, norm=affine)
     x = x + nn.Dropout(spec.dropout)(h, deterministic=deterministic)
-    h = Mlp(spec, name="mlp")(make_norm(spec, "mlp_norm")(x))
+    normed, affine = Norm(spec, name="mlp_norm")(x)
+    h = Mlp(spec, name="mlp")(normed, norm=affine)
     x = x + nn.Dropout(spec.dropout)(h, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ACT_SEQ)
     return x if cache is None else (x, cache)
@@ -493,11 +631,15 @@ class TransformerStack(nn.Module):
   """
 
   spec: StackSpec
+  # Training only: return `(x_hat, (scale, bias))` of the final norm (`Norm`) instead of
+  # applying it, so the caller folds it into its output projection (`fold_norm`).
+  fold_final_norm: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True,
                cache: Optional[Any] = None, index: Any = None) -> Any:
-    """Returns `[batch, length, dim]`, or `(that, new caches)` when `cache` is given."""
+    """Returns `[batch, length, dim]`, or `(that, new caches)` when `cache` is given
+    (with `fold_final_norm`, the output is `(x_hat, (scale, bias))` of the final norm)."""
     spec = self.spec
     x = x.astype(resolve_dtype(spec.dtype))
     policy = remat_policy(spec.remat) if cache is None else None   # decoding keeps nothing
@@ -525,6 +667,8 @@ class TransformerStack(nn.Module):
           x, layer_cache = block(x, deterministic, cache=cache[i], index=index)
           new_cache.append(layer_cache)
       new_cache = tuple(new_cache)
+    if self.fold_final_norm and cache is None:
+      return Norm(spec, name="final_norm")(x)
     y = make_norm(spec, "final_norm")(x)
     return y if cache is None else (y, new_cache)
 
@@ -651,13 +795,21 @@ class ByteHead(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, h: jax.Array, embedding: Optional[nn.Embed] = None) -> jax.Array:
+  def __call__(self, h: jax.Array, embedding: Optional[nn.Embed] = None,
+               norm: Optional[tuple] = None) -> jax.Array:
+    """`h [..., dim]` -> float32 logits `[..., 256]`; `norm`: the `(scale, bias)` of a
+    `Norm` that produced `h`, folded into the projection (`fold_norm`), or None."""
     h = h.astype(jnp.float32)
     if embedding is not None:
-      return jnp.einsum("...d,vd->...v", h, embedding.embedding.astype(jnp.float32))
+      kernel, shift = fold_norm(embedding.embedding.astype(jnp.float32).T, norm)
+      logits = jnp.einsum("...d,dv->...v", h, kernel)
+      return logits if shift is None else logits + shift
     kernel = self.param("kernel", nn.with_logical_partitioning(
         dense_init(self.init_std), ("embed", "vocab")), (self.dim, 256), self.param_dtype)
-    logits = jnp.einsum("...d,dv->...v", h, kernel.astype(jnp.float32))
+    kernel, shift = fold_norm(kernel.astype(jnp.float32), norm)
+    logits = jnp.einsum("...d,dv->...v", h, kernel)
+    if shift is not None:
+      logits = logits + shift
     if self.use_bias:
       logits = logits + self.param("bias", nn.with_logical_partitioning(
           nn.initializers.zeros, ("vocab",)), (256,), self.param_dtype).astype(jnp.float32)

@@ -17,7 +17,11 @@ def byte_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
   Because both models shift internally, `logits[:, t]` is scored against `tokens[:, t]`.
   """
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(log_probs, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  # Picks each byte's log-probability with a one-hot mask rather than a gather: the same
+  # value (one term survives the sum), and the gradient is an elementwise select that fuses
+  # with the softmax's instead of a scatter into `[batch, T, 256]`.
+  hit = tokens[..., None].astype(jnp.int32) == jnp.arange(logits.shape[-1], dtype=jnp.int32)
+  return -jnp.sum(jnp.where(hit, log_probs, 0.0), axis=-1)
 
 
 def masked_nll_sum(logits: jax.Array, tokens: jax.Array,

@@ -128,7 +128,7 @@ class Megabyte(nn.Module):
 
     # Each finer level, coarse to fine; g is the previous level's output [batch, n, width].
     units, sizes = cfg.unit_sizes, cfg.level_patch_sizes
-    local_embed = None
+    local_embed, final_affine = None, None
     for level in range(1, cfg.levels):
       name, parent = level_name(cfg, level), level_name(cfg, level - 1)
       s, u, dim = sizes[level - 1], units[level], level_dim(cfg, level)
@@ -142,26 +142,57 @@ class Megabyte(nn.Module):
       # This level's input: the previous unit's byte embeddings, concatenated (a learned
       # pad at unit 0 of each parent unit) + its parent slice + a learned position.
       embed = byte_embedding(dim // u, cfg.init_std, dtype, param_dtype, f"{name}_embed")
-      y = embed(tokens).reshape(batch, n, s, dim)
-      y = drop(y, deterministic=deterministic)
       pad = self.param(
           f"{name}_pad", nn.with_logical_partitioning(embedding_init(cfg.init_std), ("embed",)),
           (dim,), param_dtype)
-      y = shift_right(y, pad, axis=2)
       pos = self.param(
           f"{name}_pos", nn.with_logical_partitioning(embedding_init(cfg.init_std),
                                                       (None, "embed")), (s, dim), param_dtype)
-      h = y + g + pos.astype(dtype)                                   # [batch, n, S, dim]
+      if u == 1 and not (cfg.embed_dropout and not deterministic):
+        y = _shifted_byte_inputs(tokens.reshape(batch, n, s), embed, pad, pos, dtype)
+      else:
+        y = embed(tokens).reshape(batch, n, s, dim)
+        y = drop(y, deterministic=deterministic)
+        y = shift_right(y, pad, axis=2) + pos.astype(dtype)
+      h = y + g                                                       # [batch, n, S, dim]
       spec = level_spec(cfg, level)
+      # The last level's final norm is folded into the byte head (`fold_norm`).
+      last = level == cfg.levels - 1
+      stack = TransformerStack(spec, fold_final_norm=last, name=f"{name}_model")
       if spec.cross_patch:   # whole sequences: attention also sees the previous patch
-        h = TransformerStack(spec, name=f"{name}_model")(
-            h.reshape(batch, n * s, dim), deterministic)
+        h = stack(h.reshape(batch, n * s, dim), deterministic)
       else:                  # parent units as batch rows
-        h = TransformerStack(spec, name=f"{name}_model")(
-            h.reshape(batch * n, s, dim), deterministic)
+        h = stack(h.reshape(batch * n, s, dim), deterministic)
+      if last:
+        h, final_affine = h
       g = h.reshape(batch, n * s, dim)
       local_embed = embed
 
     head = ByteHead(cfg.local_dim, cfg.init_std, cfg.use_bias, param_dtype, name="head")
-    logits = head(g, local_embed if cfg.tie_embeddings else None)     # [batch, T, 256]
+    logits = head(g, local_embed if cfg.tie_embeddings else None,
+                  norm=final_affine)                                  # [batch, T, 256]
     return logits.reshape(batch, length, cfg.vocab_size)
+
+
+def _shifted_byte_inputs(ids: jax.Array, embed: nn.Embed, pad: jax.Array, pos: jax.Array,
+                         dtype) -> jax.Array:
+  """A byte level's input before its parent slice: `shift_right(embed(ids), pad) + pos`.
+
+  `ids [batch, n, S]` (one byte per unit), `pad [dim]`, `pos [S, dim]` -> `[batch, n, S,
+  dim]`, computed as one matmul of a two-hot matrix (the byte of the previous position, or
+  pad row 256 at position 0, plus position row 257 + j) against the table
+  `[embedding; pad; pos]`. The same sum (one rounding instead of two in bf16), but the
+  gradients of the pad and positions come out of the matmul's weight gradient: summing
+  them over every patch instead would make XLA lay the local model's activations out
+  position-major on GPU, with a transpose around every matmul (about 5 ms of the 46 ms
+  reference step on an H100, see BENCHMARKS.md).
+  """
+  batch, n, s = ids.shape
+  rows = 257 + s
+  ids = ids.astype(jnp.int32)
+  shifted = jnp.concatenate([jnp.full((batch, n, 1), 256, jnp.int32), ids[..., :-1]], axis=-1)
+  slots = 257 + jnp.arange(s, dtype=jnp.int32)
+  two_hot = (jax.nn.one_hot(shifted, rows, dtype=dtype)
+             + jax.nn.one_hot(slots, rows, dtype=dtype))                # [batch, n, S, rows]
+  table = jnp.concatenate([embed.embedding, pad[None], pos], axis=0).astype(dtype)
+  return jnp.einsum("bnsr,rd->bnsd", two_hot, table, precision=jax.lax.Precision.HIGHEST)

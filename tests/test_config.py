@@ -102,7 +102,8 @@ def test_shipped_configs_build(name):
     assert (model_cfg.seq_len, model_cfg.patch_size, model_cfg.global_dim,
             model_cfg.local_dim, model_cfg.global_layers, model_cfg.local_layers) == (
                 8192, 8, 1024, 512, 12, 6)
-    assert round(model_cost(model_cfg).params / 1e6, 1) == 146.3
+    assert round(model_cost(model_cfg).params / 1e6, 1) == 146.2
+    assert (model_cfg.norm, model_cfg.use_bias) == ("rmsnorm", False)   # as the peer's
 
 
 def test_workdir_config_round_trip_and_model_guard(tmp_path):

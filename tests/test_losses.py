@@ -41,3 +41,15 @@ def test_masked_sum_counts_only_scored_bytes():
 
 def test_bits_per_byte():
   assert bits_per_byte(LN2) == 1.0
+
+
+def test_byte_nll_gradient_is_softmax_minus_one_hot():
+  """The one-hot pick gives the cross-entropy gradient exactly, for every byte value."""
+  rng = np.random.default_rng(2)
+  logits = jnp.asarray(rng.normal(size=(2, 256, 256)) * 4, jnp.float32)
+  tokens = jnp.asarray(np.stack([np.arange(256), rng.integers(0, 256, 256)]), jnp.int32)
+  grad = jax.grad(lambda l: byte_nll(l, tokens).sum())(logits)
+  expected = jax.nn.softmax(logits, -1) - jax.nn.one_hot(tokens, 256)
+  np.testing.assert_allclose(grad, expected, atol=1e-6)
+  np.testing.assert_allclose(byte_nll(logits, tokens), _manual_cross_entropy(logits, tokens),
+                             rtol=1e-5, atol=1e-5)

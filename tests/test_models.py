@@ -201,3 +201,130 @@ def test_byte_embed_matches_a_gather_and_its_gradient(dtype):
     assert jnp.max(jnp.abs(ours_grad - exact)) <= jnp.max(jnp.abs(grad(ref) - exact))
   with pytest.raises(ValueError, match="integer"):
     ours.apply(params, ids.astype(jnp.float32))
+
+
+@pytest.mark.parametrize("norm,use_bias", [("layernorm", True), ("layernorm", False),
+                                           ("rmsnorm", False)])
+def test_norm_folded_into_the_next_kernel_matches_the_flax_norm(norm, use_bias):
+  """`Norm` + `fold_norm` computes `flax norm(x) @ W` (values and every gradient, float32),
+  with the same parameter tree as `make_norm`'s flax module."""
+  from megabyte_jax.layers import Norm, StackSpec, fold_norm, make_norm
+  spec = StackSpec(dim=16, layers=1, heads=2, head_dim=8, norm=norm, use_bias=use_bias)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 5, 16)) * 3 + 1, jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(16, 2, 7)), jnp.float32)
+  flax_norm, ours = make_norm(spec), Norm(spec)
+  params = flax_norm.init(jax.random.key(0), x)["params"]
+  assert jax.tree_util.tree_structure(ours.init(jax.random.key(0), x)["params"]) == \
+      jax.tree_util.tree_structure(params)
+  params = jax.tree_util.tree_map(
+      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  def reference(params, kernel, x):
+    return jnp.einsum("btd,dnf->btnf", flax_norm.apply({"params": params}, x), kernel)
+  def folded(params, kernel, x):
+    x_hat, affine = ours.apply({"params": params}, x)
+    k, shift = fold_norm(kernel, affine)
+    y = jnp.einsum("btd,dnf->btnf", x_hat, k)
+    return y if shift is None else y + shift
+  np.testing.assert_allclose(folded(params, kernel, x), reference(params, kernel, x),
+                             rtol=1e-5, atol=1e-5)
+  probe = jnp.asarray(rng.normal(size=(3, 5, 2, 7)), jnp.float32)
+  grads = [jax.grad(lambda *a, f=f: (f(*a) * probe).sum(), argnums=(0, 1, 2))(
+      params, kernel, x) for f in (reference, folded)]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                         grads[0], grads[1])
+  assert fold_norm(kernel, None) == (kernel, None)
+
+
+@pytest.mark.parametrize("length", [1, 4, 8])
+def test_short_causal_attention_matches_dot_product_attention(length):
+  """`short_causal_attention` is causal attention: values and gradients as jax's."""
+  from megabyte_jax.layers import short_causal_attention
+  rng = np.random.default_rng(length)
+  q, k, v = (jnp.asarray(rng.normal(size=(6, length, 3, 16)), jnp.float32) for _ in range(3))
+  probe = jnp.asarray(rng.normal(size=(6, length, 3, 16)), jnp.float32)
+  def ref(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+  np.testing.assert_allclose(short_causal_attention(q, k, v), ref(q, k, v), atol=2e-6)
+  g_ref = jax.grad(lambda *a: (ref(*a) * probe).sum(), argnums=(0, 1, 2))(q, k, v)
+  g = jax.grad(lambda *a: (short_causal_attention(*a) * probe).sum(), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g, g_ref):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  out = short_causal_attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
+                               v.astype(jnp.bfloat16))
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), ref(q, k, v), atol=0.05)
+
+
+def test_shifted_byte_inputs_match_shift_right_of_the_embeddings():
+  """The two-hot matmul equals `shift_right(embed(ids), pad) + pos`, values and gradients."""
+  from megabyte_jax.layers import byte_embedding, shift_right
+  from megabyte_jax.megabyte import _shifted_byte_inputs
+  rng = np.random.default_rng(3)
+  ids = jnp.asarray(rng.integers(0, 256, (2, 3, 8)), jnp.int32)
+  embed = byte_embedding(16, None, jnp.float32, jnp.float32, "e")
+  table = embed.init(jax.random.key(0), ids)
+  pad = jnp.asarray(rng.normal(size=(16,)), jnp.float32)
+  pos = jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)
+  probe = jnp.asarray(rng.normal(size=(2, 3, 8, 16)), jnp.float32)
+  def ours(table, pad, pos):
+    return _shifted_byte_inputs(ids, embed.bind(table), pad, pos, jnp.float32)
+  def reference(table, pad, pos):
+    return shift_right(embed.apply(table, ids), pad, axis=2) + pos
+  np.testing.assert_allclose(ours(table, pad, pos), reference(table, pad, pos), atol=1e-6)
+  grads = [jax.grad(lambda *a, f=f: (f(*a) * probe).sum(), argnums=(0, 1, 2))(table, pad, pos)
+           for f in (ours, reference)]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), *grads)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_byte_head_folds_the_final_norm(tied):
+  """`ByteHead(h, norm=(scale, bias))` equals the head applied to `h * scale + bias`."""
+  from megabyte_jax.layers import ByteHead, byte_embedding
+  rng = np.random.default_rng(4)
+  h = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+  scale, bias = (jnp.asarray(rng.normal(size=(16,)), jnp.float32) for _ in range(2))
+  head = ByteHead(16)
+  embed = byte_embedding(16, None, jnp.float32, jnp.float32, "e")
+  table = embed.init(jax.random.key(1), jnp.zeros((1,), jnp.int32))
+  bound = embed.bind(table) if tied else None
+  params = head.init(jax.random.key(0), h, bound)
+  folded = head.apply(params, h, bound, norm=(scale, bias))
+  plain = head.apply(params, h * scale + bias, bound)
+  np.testing.assert_allclose(folded, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_megabyte_with_the_pallas_local_attention_matches_xla():
+  """`attention_impl="pallas"` (the GPU kernels, here in Pallas' interpreter) gives the
+  model's logits and gradients of `attention_impl="xla"`."""
+  cfg = MegabyteConfig(seq_len=32, patch_size=8, global_dim=32, global_layers=1,
+                       global_heads=2, local_dim=32, local_layers=2, local_heads=2,
+                       attention_impl="xla")
+  tokens = _tokens(2, 32)
+  params = Megabyte(cfg).init(jax.random.key(0), tokens)
+  import dataclasses
+  def loss(model, params):
+    return model.apply(params, tokens).mean()
+  models = [Megabyte(cfg), Megabyte(dataclasses.replace(cfg, attention_impl="pallas"))]
+  # The global model (4 patches) is also short enough for the kernel.
+  logits = [m.apply(params, tokens) for m in models]
+  np.testing.assert_allclose(logits[0], logits[1], atol=1e-5)
+  grads = [jax.grad(lambda p, m=m: loss(m, p))(params) for m in models]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), *grads)
+
+
+def test_auto_attention_choice_on_gpu(monkeypatch):
+  """On GPU "auto" takes cuDNN for long sequences, the Pallas patch kernel for short ones
+  on one device, `short_causal_attention` on a multi-device mesh; XLA elsewhere."""
+  from megabyte_jax import layers
+  bf16 = jnp.bfloat16
+  assert layers.choose_attention_impl("auto", bf16, 64, 8, 8) == "xla"     # CPU
+  assert layers.choose_attention_impl("short", bf16, 64, 1024, 8) == "short"
+  monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+  assert layers.choose_attention_impl("auto", bf16, 64, 1024, 8) == "cudnn"
+  assert layers.choose_attention_impl("auto", bf16, 64, 8, 8) == "pallas"
+  assert layers.choose_attention_impl("auto", bf16, 48, 8, 8) == "short"   # unsupported width
+  assert layers.choose_attention_impl("auto", jnp.float32, 64, 512, 8) == "xla"
+  mesh = jax.sharding.AbstractMesh((2,), ("data",))
+  monkeypatch.setattr(layers.jax.sharding, "get_abstract_mesh", lambda: mesh)
+  assert layers.choose_attention_impl("auto", bf16, 64, 8, 8) == "short"

@@ -1,8 +1,10 @@
 """The shared benchmark shape ("paper-small"): MEGABYTE-pytorch's reference configuration.
 
 seq_len 8192, patch 8, global 1024 x 12 layers, local 512 x 6 layers, 8 heads of 64, batch 8,
-bf16 compute with float32 master weights (146.3M parameters here; 153.6M in MEGABYTE-pytorch,
-whose attention blocks differ slightly). This is the configuration of the speed comparisons
+bf16 compute with float32 master weights, RMSNorm and no biases as MEGABYTE-pytorch's attention
+blocks (its MLPs keep biases, and it adds rotary embeddings: 153.6M parameters there, 146.2M
+here). Figures in BENCHMARKS.md before session 5 (2026-11-23) used LayerNorm with biases
+(146.3M); `--config.model.norm=layernorm --config.model.use_bias=True` restores that. This is the configuration of the speed comparisons
 in BENCHMARKS.md (`experiments/bench/train_throughput.py`, `generate_bench.py`), runnable as
 a training run on one GPU with any of the data sources.
 """
@@ -16,7 +18,7 @@ def get_config():
       "megabyte", seq_len=8192, patch_size=8,
       global_dim=1024, global_layers=12, global_heads=8, global_head_dim=64,
       local_dim=512, local_layers=6, local_heads=8, local_head_dim=64,
-      dtype="bfloat16", param_dtype="float32")
+      dtype="bfloat16", param_dtype="float32", norm="rmsnorm", use_bias=False)
   config.train.batch_size = 8
   config.train.steps = 20000
   config.train.learning_rate = 3e-4
