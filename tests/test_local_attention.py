@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +149,16 @@ def test_bad_input_raises_naming_the_problem():
     patch_attention(jnp.zeros((4, 8, 3, 4, 16), jnp.float32), interpret=True, block_heads=3)
   with pytest.raises(ValueError, match="block_rows"):
     patch_attention(jnp.zeros((4, 8, 3, 4, 16), jnp.float32), interpret=True, block_rows=48)
+
+
+def test_benchmark_script_lowers_both_kernels_for_gpu():
+  """`experiments/bench/local_attention_bench.py --lower_only` lowers the forward and
+  backward kernels to Triton for CUDA (no GPU needed) and prints its JSON lines."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(repo, "experiments", "bench", "local_attention_bench.py"),
+       "--lower_only"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  records = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+  assert records[-1] == {"what": "lower_only", "triton_calls": 2}
