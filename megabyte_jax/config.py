@@ -159,8 +159,8 @@ class MegabyteConfig(_CommonConfig):
       "short" (`layers.short_causal_attention`: fused broadcast products, no batched
       matmuls; for short sequences such as local patches), "pallas"
       (`local_attention.patch_attention`: fused Triton kernels for patches of up to 64
-      positions; GPU, one device) or "auto": on GPU cuDNN for 128 positions or more and
-      "pallas" (one device) or "short" below; XLA on other backends.
+      positions; GPU) or "auto": on GPU cuDNN for 128 positions or more and "pallas" (or
+      "short" for shapes it does not support) below; XLA on other backends.
     remat: rematerialization of each transformer block in training: "none" (keep every
       activation), "full" (keep only block inputs; recompute the rest in the backward
       pass), "dots" (keep matmul outputs) or "dots_no_batch" (keep matmul outputs without

@@ -199,8 +199,9 @@ def choose_attention_impl(requested: str, dtype: Any, head_dim: int, length: int
 
   On GPU: cuDNN's fused attention for sequences of 128 or more (it needs half precision
   and a head width that is a multiple of 8 up to 128); for shorter ones, such as the local
-  model's patches, `local_attention.patch_attention` (fused Pallas kernels, one device,
-  shapes it supports) or else `short_causal_attention`. On CPU and TPU: XLA's attention.
+  model's patches, `local_attention.patch_attention` (fused Pallas kernels, for the shapes
+  it supports; per shard on a mesh, `sharded_patch_attention`) or else
+  `short_causal_attention`. On CPU and TPU: XLA's attention.
   """
   if requested != "auto":
     return requested
@@ -209,14 +210,31 @@ def choose_attention_impl(requested: str, dtype: Any, head_dim: int, length: int
   if on_gpu and half and head_dim % 8 == 0 and head_dim <= 128 and length >= 128:
     return "cudnn"
   if on_gpu and length < 128:
-    # Pallas' kernels are opaque to XLA's SPMD partitioner (a sharded input would be
-    # gathered onto every device), so they are chosen on one device only.
-    mesh = jax.sharding.get_abstract_mesh()
-    one_device = mesh.empty or mesh.size == 1
-    if one_device and patch_attention_supported((1, length, 3, heads, head_dim), dtype):
+    if patch_attention_supported((1, length, 3, heads, head_dim), dtype):
       return "pallas"
     return "short"
   return "xla"
+
+
+def sharded_patch_attention(qkv: jax.Array) -> jax.Array:
+  """`local_attention.patch_attention` of `qkv [batch, length, 3, heads, head_dim]` on the
+  current mesh: per shard under `jax.shard_map`, batch rows (whole patches) split like
+  `activation_batch` and heads like `heads` under the logical-axis rules in scope.
+
+  A `pallas_call` is opaque to XLA's SPMD partitioner, which would gather a sharded input
+  onto every device; in `shard_map` each device runs the kernels on its own rows. Without
+  a mesh of several devices it is `patch_attention` itself. Off GPU the kernels run in
+  Pallas' interpreter (for tests).
+  """
+  attend = functools.partial(patch_attention, interpret=jax.default_backend() != "gpu")
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return attend(qkv)
+  batch_axes, heads_axes = nn.logical_to_mesh_axes(("activation_batch", "heads"))
+  spec_in = jax.sharding.PartitionSpec(batch_axes, None, None, heads_axes, None)
+  spec_out = jax.sharding.PartitionSpec(batch_axes, None, heads_axes, None)
+  return jax.shard_map(attend, mesh=mesh, in_specs=spec_in, out_specs=spec_out,
+                       check_vma=False)(qkv)
 
 
 def short_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -486,8 +504,7 @@ class CausalSelfAttention(nn.Module):
       else:
         out, cache = _cross_patch_step(q, k, v, cache, start, spec.patch, spec.cross_patch)
     elif cache is None and impl == "pallas":
-      # Reads q, k, v from qkv in place; off GPU (tests) in Pallas' interpreter.
-      out = patch_attention(qkv, interpret=jax.default_backend() != "gpu")
+      out = sharded_patch_attention(qkv)                # reads q, k, v from qkv in place
     elif cache is None and impl == "short":
       out = short_causal_attention(q, k, v)
     elif cache is None:

@@ -104,6 +104,21 @@ def test_sharded_step_equals_the_single_device_step(shape, megabyte_cfg):
 
 
 @needs_8
+def test_pallas_patch_attention_runs_per_shard(megabyte_cfg):
+  """`attention_impl="pallas"` on a data x fsdp x tensor mesh (`shard_map` around the
+  kernels, here in Pallas' interpreter) takes the step of XLA's attention on one device."""
+  import dataclasses
+  cfg = dataclasses.replace(megabyte_cfg, local_dim=32)   # head width 16: kernel-sized
+  ref_metrics, ref_state = _reference_step(Megabyte(cfg), _tokens())
+  model = Megabyte(dataclasses.replace(cfg, attention_impl="pallas"))
+  metrics, state = _step(model, optax.sgd(0.5), _tokens(), _mesh((2, 2, 2)))
+  assert metrics["loss"] == pytest.approx(ref_metrics["loss"], rel=1e-6)
+  assert metrics["grad_norm"] == pytest.approx(ref_metrics["grad_norm"], rel=1e-5)
+  for got, want in zip(_leaves(state.params), _leaves(ref_state.params)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@needs_8
 def test_gradient_accumulation_equals_the_whole_batch(megabyte_cfg):
   model, optimizer, tokens = Megabyte(megabyte_cfg), optax.sgd(0.5), _tokens()
   ref_metrics, ref_state = _reference_step(model, tokens)
