@@ -142,9 +142,10 @@ class Norm(nn.Module):
   The blocks fold `affine` into the dense layer that follows (`fold_norm`): `(x_hat * s + b)
   @ W = x_hat @ (s * W) + b @ W`. The function is the same, but the scale's gradient then
   comes from the small `[dim, out]` kernel gradient, `sum_j dW'[i, j] W[i, j]`, instead of
-  a column sum over every row of the activations, which on GPU cost a transpose of each
-  `[rows, dim]` activation per norm (about 5 ms of a 46 ms reference step on an H100, see
-  BENCHMARKS.md).
+  a sum over every row of the activations. On GPU such row sums led XLA to store the local
+  model's activations position-major, with a transpose around every matmul (with the
+  position sums that `megabyte._shifted_byte_inputs` removes: about 5 ms of the reference
+  step on an H100, BENCHMARKS.md, session 5).
   """
 
   spec: StackSpec

@@ -183,9 +183,10 @@ def _shifted_byte_inputs(ids: jax.Array, embed: nn.Embed, pad: jax.Array, pos: j
   pad row 256 at position 0, plus position row 257 + j) against the table
   `[embedding; pad; pos]`. The same sum (one rounding instead of two in bf16), but the
   gradients of the pad and positions come out of the matmul's weight gradient: summing
-  them over every patch instead would make XLA lay the local model's activations out
-  position-major on GPU, with a transpose around every matmul (about 5 ms of the 46 ms
-  reference step on an H100, see BENCHMARKS.md).
+  them over every patch instead made XLA lay the local model's activations out
+  position-major on GPU, with a transpose around every matmul (with the norm-scale sums that
+  `layers.fold_norm` removes: about 5 ms of the reference step on an H100, BENCHMARKS.md,
+  session 5). Used for byte levels without embedding dropout in training.
   """
   batch, n, s = ids.shape
   rows = 257 + s
