@@ -504,7 +504,7 @@ class CausalSelfAttention(nn.Module):
         out, cache = _cross_patch_prefill(q, k, v, cache, spec.patch, spec.cross_patch)
       else:
         out, cache = _cross_patch_step(q, k, v, cache, start, spec.patch, spec.cross_patch)
-    elif cache is None and impl == "pallas":
+    elif impl == "pallas":                              # (only without a cache: above)
       out = sharded_patch_attention(qkv)                # reads q, k, v from qkv in place
     elif cache is None and impl == "short":
       out = short_causal_attention(q, k, v)
