@@ -118,16 +118,10 @@ class StackSpec:
 
 
 def make_norm(spec: StackSpec, name: Optional[str] = None) -> nn.Module:
-  """Returns the configured norm (statistics in float32, output in the compute dtype)."""
-  dtype, param_dtype = resolve_dtype(spec.dtype), resolve_dtype(spec.param_dtype)
-  scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
-  if spec.norm == "rmsnorm":
-    return nn.RMSNorm(epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
-                      scale_init=scale_init, name=name)
-  return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype,
-                      use_bias=spec.use_bias, scale_init=scale_init,
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                      name=name)
+  """Returns the configured norm, applied in full: `Norm(spec, apply_affine=True)`, the
+  function and parameters (`scale`, and `bias` for LayerNorm with `use_bias`) of flax's
+  `LayerNorm` / `RMSNorm` (statistics in float32, output in the compute dtype)."""
+  return Norm(spec, apply_affine=True, name=name)
 
 
 class Norm(nn.Module):
@@ -136,8 +130,9 @@ class Norm(nn.Module):
   Returns `(x_hat, affine)`: `x_hat [..., dim]` is the input normalized (LayerNorm: mean
   removed; both: divided by the root mean square, statistics in float32 as flax's), in the
   compute dtype; `affine = (scale [dim], bias [dim] or None)` are the parameters, named and
-  initialized exactly as `make_norm`'s flax `LayerNorm`/`RMSNorm` (`scale`, `bias`), so a
-  checkpoint holds the same tree either way. `x_hat * scale + bias` is the usual norm.
+  initialized as flax's `LayerNorm`/`RMSNorm` (`scale`, `bias`), so a checkpoint holds the
+  same tree either way. `x_hat * scale + bias` is the usual norm; with `apply_affine=True`
+  the module returns just that (computed in float32, then cast: `make_norm`).
 
   The blocks fold `affine` into the dense layer that follows (`fold_norm`): `(x_hat * s + b)
   @ W = x_hat @ (s * W) + b @ W`. The function is the same, but the scale's gradient then
@@ -149,10 +144,12 @@ class Norm(nn.Module):
   """
 
   spec: StackSpec
+  apply_affine: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, Optional[jax.Array]]]:
-    """`x [..., dim]` -> `(x_hat [..., dim], (scale [dim], bias [dim] or None))`."""
+  def __call__(self, x: jax.Array) -> Any:
+    """`x [..., dim]` -> `(x_hat [..., dim], (scale [dim], bias [dim] or None))`, or with
+    `apply_affine` the normalized `x_hat * scale + bias [..., dim]`."""
     spec = self.spec
     dtype, param_dtype = resolve_dtype(spec.dtype), resolve_dtype(spec.param_dtype)
     rms = spec.norm == "rmsnorm"
@@ -171,6 +168,11 @@ class Norm(nn.Module):
       mean = jnp.mean(x32, axis=-1, keepdims=True)
       var = jnp.maximum(0.0, mean_sq - jnp.square(mean))
       x_hat = (x32 - mean) * jax.lax.rsqrt(var + 1e-5)
+    if self.apply_affine:
+      y = x_hat * scale.astype(x_hat.dtype)
+      if bias is not None:
+        y = y + bias.astype(x_hat.dtype)
+      return y.astype(dtype)
     return x_hat.astype(dtype), (scale, bias)
 
 

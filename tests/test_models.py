@@ -207,18 +207,26 @@ def test_byte_embed_matches_a_gather_and_its_gradient(dtype):
                                            ("rmsnorm", False)])
 def test_norm_folded_into_the_next_kernel_matches_the_flax_norm(norm, use_bias):
   """`Norm` + `fold_norm` computes `flax norm(x) @ W` (values and every gradient, float32),
-  with the same parameter tree as `make_norm`'s flax module."""
+  with the same parameter tree as flax's `LayerNorm` / `RMSNorm`; `make_norm` (the norm
+  applied in full) is that flax norm."""
+  import flax.linen as nn
   from megabyte_jax.layers import Norm, StackSpec, fold_norm, make_norm
   spec = StackSpec(dim=16, layers=1, heads=2, head_dim=8, norm=norm, use_bias=use_bias)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(3, 5, 16)) * 3 + 1, jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(16, 2, 7)), jnp.float32)
-  flax_norm, ours = make_norm(spec), Norm(spec)
+  flax_norm = (nn.RMSNorm(epsilon=1e-6) if norm == "rmsnorm"
+               else nn.LayerNorm(epsilon=1e-5, use_bias=use_bias))
+  ours = Norm(spec)
   params = flax_norm.init(jax.random.key(0), x)["params"]
-  assert jax.tree_util.tree_structure(ours.init(jax.random.key(0), x)["params"]) == \
-      jax.tree_util.tree_structure(params)
+  for module in (ours, make_norm(spec)):
+    assert jax.tree_util.tree_structure(
+        nn.unbox(module.init(jax.random.key(0), x)["params"])) == \
+        jax.tree_util.tree_structure(params)
   params = jax.tree_util.tree_map(
       lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+  np.testing.assert_allclose(make_norm(spec).apply({"params": params}, x),
+                             flax_norm.apply({"params": params}, x), rtol=1e-5, atol=1e-5)
   def reference(params, kernel, x):
     return jnp.einsum("btd,dnf->btnf", flax_norm.apply({"params": params}, x), kernel)
   def folded(params, kernel, x):
