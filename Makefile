@@ -21,10 +21,13 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) -m megabyte_jax.train --config=$(CONFIG) --workdir=$(WORKDIR)
 
-# The sharding tests need 8 emulated CPU devices, set before JAX starts: their own run.
+# Tests run in parallel processes (pytest-xdist: one per core, at most TEST_WORKERS); the
+# sharding tests need 8 emulated CPU devices, set before JAX starts: their own run.
+TEST_WORKERS ?= 4
+PYTEST := $(PY) -m pytest -q -n auto --maxprocesses=$(TEST_WORKERS)
 test: $(STAMP)
-	$(PY) -m pytest -q --ignore=tests/test_sharding.py
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/test_sharding.py
+	$(PYTEST) --ignore=tests/test_sharding.py
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PYTEST) tests/test_sharding.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
