@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import csv
 import datetime
-import importlib.util
 import io
 import json
 import math
@@ -81,9 +80,8 @@ def load_study(spec: str) -> dict:
   path, _, variant = spec.partition(":")
   if not os.path.isfile(path):
     raise StudyError(f"no study file {path!r}")
-  module_spec = importlib.util.spec_from_file_location("_study_spec", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  from megabyte_jax.experiment import load_module_file  # pylint: disable=g-import-not-at-top
+  module = load_module_file(path)
   if not hasattr(module, "get_study"):
     raise StudyError(f"{path} defines no get_study(variant)")
   study = module.get_study(variant) if variant else module.get_study()

@@ -15,6 +15,9 @@ reach any of them) and the resolved config written into the work directory is co
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
+import re
 import typing
 from typing import Any
 
@@ -23,6 +26,29 @@ from ml_collections import config_dict
 
 from megabyte_jax.config import ConfigError
 from megabyte_jax.models import MODEL_KINDS
+
+
+def load_module_file(path: str, *relative: str) -> Any:
+  """Loads a Python file as a module: `path` itself, or with `relative` parts the file they
+  name relative to the folder of `path`.
+
+  Config files are read by path (`--config=FILE`), not imported from a package, so one
+  reaches another this way: `load_module_file(__file__, "study.py")` loads the `study.py`
+  beside the calling file, from any working directory.
+
+  Raises:
+    FileNotFoundError: naming the file, when there is none.
+  """
+  if relative:
+    path = os.path.join(os.path.dirname(os.path.abspath(path)), *relative)
+  path = os.path.normpath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no Python file {path!r}")
+  name = "_loaded_" + re.sub(r"\W", "_", os.path.splitext(path)[0])
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def _optional_type(hint: Any) -> type:

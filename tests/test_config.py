@@ -128,3 +128,20 @@ def test_corrupt_saved_config_is_reported(tmp_path):
   (tmp_path / "config.json").write_text("{not json")
   with pytest.raises(ConfigError, match="cannot read"):
     load_config(str(tmp_path))
+
+
+def test_load_module_file_reaches_a_file_beside_the_caller(tmp_path):
+  """`load_module_file(path)` and `load_module_file(__file__, "sibling.py")` load a file by
+  its path from any working directory; a missing file is named in the error."""
+  from megabyte_jax.experiment import load_module_file
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "study.py").write_text("VALUE = 7\n")
+  (tmp_path / "sub" / "config.py").write_text(
+      "from megabyte_jax.experiment import load_module_file\n"
+      "def get():\n"
+      "  return load_module_file(__file__, '..', 'study.py').VALUE\n")
+  config = load_module_file(str(tmp_path / "sub" / "config.py"))
+  assert config.get() == 7
+  assert load_module_file(str(tmp_path / "sub" / "config.py"), os.pardir, "study.py").VALUE == 7
+  with pytest.raises(FileNotFoundError, match="missing.py"):
+    load_module_file(str(tmp_path / "study.py"), "missing.py")

@@ -17,22 +17,12 @@ recipes on the same model and bytes. The paper's own model sizes are in
 `experiments/configs/paper/`.
 """
 
-import importlib.util
-import os
-
+from megabyte_jax.experiment import load_module_file
 from megabyte_jax.recipes import paper_recipe
-
-
-def _default_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py")
-  spec = importlib.util.spec_from_file_location("_default_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def get_config():
   """Returns the experiment ConfigDict."""
-  config = paper_recipe(_default_config())
+  config = paper_recipe(load_module_file(__file__, "default.py").get_config())
   config.model.dtype = "float32"
   return config

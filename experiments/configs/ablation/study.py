@@ -34,8 +34,10 @@ measured speed fits into what is left of --time_limit_s.
 pipeline on a 2-core CPU; it says nothing about the variants.
 """
 
-import importlib.util
 import os
+from typing import Optional
+
+from megabyte_jax.experiment import load_module_file
 
 _BASE = {
     "h100": dict(patch_size=8, global_dim=512, global_layers=6, global_heads=8,
@@ -70,11 +72,7 @@ def models(variant: str = "h100") -> list:
 def _experiments_module(*path: str):
   """A module of `experiments/` loaded by its path, so that a train config of this folder
   works from any directory (without `experiments` on the Python path)."""
-  full = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, *path)
-  spec = importlib.util.spec_from_file_location("_ablation_" + "_".join(path)[:-3], full)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module_file(__file__, os.pardir, os.pardir, *path)
 
 
 def _code_study(variant: str) -> dict:
@@ -93,15 +91,18 @@ def get_study(variant: str = "h100") -> dict:
   return study
 
 
-def train_config(name: str, variant: str = "h100", budget: float = 5e14):
+def train_config(name: str, variant: str = "h100", budget: Optional[float] = None):
   """A `megabyte_jax.train` config of one ablation model on its own: the study driver's
-  `model_config` (the study's shape and optimiser) with steps for `budget` training FLOPs,
-  four evaluations, the default data (the stdlib's sources; the study driver supplies its
-  own corpus instead)."""
+  `model_config` (the study's shape and optimiser) with steps for `budget` training FLOPs
+  (default: the study's first budget, 5e14 for "h100", 2e11 for "cpu"), four evaluations,
+  the default data (the stdlib's sources; the study driver supplies its own corpus
+  instead)."""
   from megabyte_jax.flops import model_cost  # pylint: disable=g-import-not-at-top
   from megabyte_jax.models import build_model  # pylint: disable=g-import-not-at-top
   driver = _experiments_module("study.py")
   study = get_study(variant)
+  if budget is None:
+    budget = study["budgets"][0]
   by_name = {m["name"]: m for m in study["models"]}
   if name not in by_name:
     raise ValueError(f"model must be one of {sorted(by_name)}, got {name!r}")

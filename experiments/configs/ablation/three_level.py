@@ -8,18 +8,9 @@ Steps give 5e14 training FLOPs (`:cpu`: the tiny shape, 2e11); data default to t
 sources (the study driver trains every model on its code corpus instead).
 """
 
-import importlib.util
-import os
-
-
-def _study():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study.py")
-  spec = importlib.util.spec_from_file_location("_ablation_study", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from megabyte_jax.experiment import load_module_file
 
 
 def get_config(variant: str = "h100"):
   """Returns the experiment ConfigDict (`variant`: "h100" or "cpu")."""
-  return _study().train_config("three_level", variant, 5e14 if variant == "h100" else 2e11)
+  return load_module_file(__file__, "study.py").train_config("three_level", variant)
