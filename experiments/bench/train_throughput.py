@@ -70,9 +70,11 @@ _PEER_PATH = flags.DEFINE_string("peer_pythonpath", "/tmp/peer",
 
 
 def peak_memory() -> int | None:
-  """Peak bytes in use on the first device (None where the backend does not say)."""
-  stats = jax.devices()[0].memory_stats() or {}
-  return stats.get("peak_bytes_in_use")
+  """Peak bytes in use on the busiest of this process's devices (on a mesh: per device,
+  the largest), or None where the backend does not say."""
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+  peaks = [p for p in peaks if p is not None]
+  return max(peaks) if peaks else None
 
 
 def host_batches(config, seq_len: int, patch_size: int, count: int,
