@@ -16,7 +16,7 @@ ended by `block_until_ready`, the median of `--repeats` repeats after `--warmup`
 (compilation is reported apart). The step runs on the config's mesh (`--config.mesh.data=2`,
 `--config.mesh.fsdp=-1`, ...; default: data parallel over every device). Prints one JSON
 line: device, device count, mesh, jax version, config, parameters, bytes per step, step
-time, bytes/s, peak memory of the first device, model FLOPs per trained byte
+time, bytes/s, peak memory (of the busiest device), model FLOPs per trained byte
 (`megabyte_jax.flops`) and MFU against `--peak_tflops` per device (805: the bf16 dense matmul
 rate measured on an H100, see ../shared/bench/README.md).
 
