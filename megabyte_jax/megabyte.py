@@ -188,10 +188,9 @@ def _shifted_byte_inputs(ids: jax.Array, embed: nn.Embed, pad: jax.Array, pos: j
   `layers.fold_norm` removes: about 5 ms of the reference step on an H100, BENCHMARKS.md,
   session 5). Used for byte levels without embedding dropout in training.
   """
-  batch, n, s = ids.shape
+  s = ids.shape[-1]
   rows = 257 + s
-  ids = ids.astype(jnp.int32)
-  shifted = jnp.concatenate([jnp.full((batch, n, 1), 256, jnp.int32), ids[..., :-1]], axis=-1)
+  shifted = shift_right(ids.astype(jnp.int32), jnp.int32(256), axis=2)   # pad row first
   slots = 257 + jnp.arange(s, dtype=jnp.int32)
   two_hot = (jax.nn.one_hot(shifted, rows, dtype=dtype)
              + jax.nn.one_hot(slots, rows, dtype=dtype))                # [batch, n, S, rows]
