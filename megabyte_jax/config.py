@@ -33,6 +33,9 @@ _ACTIVATIONS = ("gelu", "relu", "swiglu")
 _NORMS = ("layernorm", "rmsnorm")
 _ATTENTION_IMPLS = ("auto", "xla", "cudnn", "short", "pallas")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+_GLOBAL_TO_LOCAL = ("slice", "full")
+_PATCH_EMBEDS = ("concat", "linear")
+_BYTE_SHIFTS = ("patch", "sequence")
 
 
 
@@ -97,6 +100,12 @@ class _CommonConfig:
     if self.init_std is not None and not (
         isinstance(self.init_std, (int, float)) and self.init_std > 0):
       raise ConfigError(f"init_std must be None or a positive number, got {self.init_std!r}")
+    if isinstance(self.embed_init_std, bool) or not (
+        isinstance(self.embed_init_std, (int, float)) and self.embed_init_std > 0):
+      raise ConfigError(
+          f"embed_init_std must be a positive number, got {self.embed_init_std!r}")
+    if not isinstance(self.token_shift, bool):
+      raise ConfigError(f"token_shift must be True or False, got {self.token_shift!r}")
 
   @property
   def compute_dtype(self) -> Any:
@@ -152,6 +161,11 @@ class MegabyteConfig(_CommonConfig):
     param_dtype: parameter dtype name.
     init_std: None for scaled fan-in init; a float for the paper's truncated-normal init
       with that standard deviation (0.006 in the paper).
+    embed_init_std: standard deviation of the byte embedding tables, learned positions and
+      pads at initialisation (normal; truncated at 2 std when `init_std` is set).
+    token_shift: before the attention and the MLP of every block, shift half of the
+      features of each position by one position (the previous position's, zeros at the
+      first), as MEGABYTE-pytorch does (after RWKV): a cheap width-2 causal mixing.
     tie_embeddings: predict with the local byte embedding matrix (the paper's equation)
       instead of a separate output projection.
     use_bias: biases in dense layers.
@@ -187,6 +201,20 @@ class MegabyteConfig(_CommonConfig):
     cross_patch: r > 0 lets each local attention layer also attend to the last r keys and
       values of the previous patch (Section 2.3.2), with rotary position embeddings on the
       local queries and keys (so the local head width must be even). 0: off.
+    global_to_local: how each level's output conditions the next finer level. "slice" (the
+      paper): the output of a unit is cut into one slice per child position and every slice
+      is projected by one shared matrix `[width / S, child width]`. "full": every child
+      position gets its own projection of the whole output, `[width, S, child width]` (as
+      MEGABYTE-pytorch does).
+    patch_embed: the global model's input. "concat" (the paper): byte embeddings of
+      `global_dim / patch_size` plus positions, concatenated per patch. "linear": byte
+      embeddings of `local_dim` plus positions, concatenated, then LayerNorm, a dense layer
+      to `global_dim` and LayerNorm (MEGABYTE-pytorch's patch embedder).
+    byte_shift: what the local model (and each middle level) reads at the first position
+      of a patch. "patch" (the paper): a learned pad, so the first byte of every patch is
+      predicted from the global model's output alone. "sequence": the last byte of the
+      previous patch (its unit, for middle levels), the inputs being shifted by one over
+      the whole sequence; the pad only at the window's first position.
   """
 
   seq_len: int
@@ -208,11 +236,16 @@ class MegabyteConfig(_CommonConfig):
   dtype: str = "float32"
   param_dtype: str = "float32"
   init_std: Optional[float] = None
+  embed_init_std: float = 0.02
+  token_shift: bool = False
   tie_embeddings: bool = False
   use_bias: bool = True
   attention_impl: str = "auto"
   remat: str = "none"
   scan_layers: bool = False
+  global_to_local: str = "slice"
+  patch_embed: str = "concat"
+  byte_shift: str = "patch"
   patch_sizes: tuple[int, ...] = ()
   mid_dims: tuple[int, ...] = ()
   mid_layers: tuple[int, ...] = ()
@@ -231,6 +264,16 @@ class MegabyteConfig(_CommonConfig):
     if self.patch_sizes == (self.patch_size,):
       object.__setattr__(self, "patch_sizes", ())      # the 2-level model, spelt out
     self._validate_levels()
+    if self.global_to_local not in _GLOBAL_TO_LOCAL:
+      raise ConfigError(f"global_to_local must be one of {_GLOBAL_TO_LOCAL}, got "
+                        f"{self.global_to_local!r}")
+    if self.patch_embed not in _PATCH_EMBEDS:
+      raise ConfigError(f"patch_embed must be one of {_PATCH_EMBEDS}, got {self.patch_embed!r}")
+    if self.byte_shift not in _BYTE_SHIFTS:
+      raise ConfigError(f"byte_shift must be one of {_BYTE_SHIFTS}, got {self.byte_shift!r}")
+    if self.patch_embed == "linear" and self.conv_kernel_sizes:
+      raise ConfigError("patch_embed='linear' cannot be combined with conv_kernel_sizes (the "
+                        "convolutional encoder works on the concatenated embeddings)")
     if self.patch_sizes:
       if self.seq_len % self.patch_size:
         raise ConfigError(
@@ -344,6 +387,8 @@ class TransformerConfig(_CommonConfig):
   dtype: str = "float32"
   param_dtype: str = "float32"
   init_std: Optional[float] = None
+  embed_init_std: float = 0.02
+  token_shift: bool = False
   tie_embeddings: bool = False
   use_bias: bool = True
   attention_impl: str = "auto"

@@ -138,7 +138,9 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.train.learning_rate = 1e-3       # peak
   config.train.warmup_steps = 100
   config.train.min_lr_ratio = 0.1         # final learning rate / peak
-  config.train.weight_decay = 0.1         # decoupled; matrices only
+  config.train.weight_decay = 0.1         # decoupled, on what weight_decay_mask selects:
+  config.train.weight_decay_mask = "kernels"  # dense layers' weight matrices (train_state.
+                                          # decay_mask: or "kernels_embeddings", "ndim")
   config.train.b1 = 0.9
   config.train.b2 = 0.95
   config.train.eps = 1e-8

@@ -54,11 +54,13 @@ ACT_SEQ = ("activation_batch", "activation_length", "activation_embed")
 CACHE_AXES = ("activation_batch", "cache_length", "heads", "kv")
 
 
-def embedding_init(init_std: Optional[float]) -> Initializer:
-  """Initializer for embedding tables and learned positions/pads."""
+def embedding_init(init_std: Optional[float], embed_std: float) -> Initializer:
+  """Initializer for embedding tables and learned positions/pads: normal with standard
+  deviation `embed_std` (the config's `embed_init_std`), truncated at 2 std like the paper's
+  init when `init_std` is set."""
   if init_std is not None:
-    return nn.initializers.truncated_normal(stddev=init_std)
-  return nn.initializers.normal(stddev=0.02)
+    return nn.initializers.truncated_normal(stddev=embed_std)
+  return nn.initializers.normal(stddev=embed_std)
 
 
 def dense_init(init_std: Optional[float], scale: float = 1.0,
@@ -88,6 +90,8 @@ class StackSpec:
     cross_patch: r > 0 turns on cross-patch attention over patches of `patch` positions
       (see the module docstring); 0 (default): plain causal attention over the whole input.
     patch: the patch length of cross-patch attention (unused when `cross_patch` is 0).
+    token_shift: shift half the features of each position by one position before the
+      attention and the MLP of every block (`token_shift`).
   """
 
   dim: int
@@ -107,6 +111,7 @@ class StackSpec:
   scan_layers: bool = False
   cross_patch: int = 0
   patch: int = 0
+  token_shift: bool = False
 
   @property
   def mlp_dim(self) -> int:
@@ -522,6 +527,19 @@ class CausalSelfAttention(nn.Module):
     return y if cache is None else (y, cache)
 
 
+def token_shift(x: jax.Array, prev: Optional[jax.Array] = None) -> jax.Array:
+  """Shifts the last `dim // 2` features of `x [batch, length, dim]` one position along
+  the length axis (MEGABYTE-pytorch's token shift, after RWKV): position t keeps its first
+  `dim - dim // 2` features and takes the rest from position t-1; position 0 takes them from
+  `prev [batch, dim // 2]` (the position before, when decoding continues), zeros if None."""
+  keep = x.shape[-1] - x.shape[-1] // 2
+  moved = x[..., keep:]
+  first = (jnp.zeros_like(moved[:, :1]) if prev is None
+           else prev[:, None].astype(x.dtype))
+  moved = jnp.concatenate([first, moved[:, :-1]], axis=1)
+  return jnp.concatenate([x[..., :keep], moved], axis=-1)
+
+
 def _activate(h: jax.Array, activation: str) -> jax.Array:
   """The MLP nonlinearity of `h [..., n_in, mlp]` -> `[..., mlp]`."""
   if activation == "swiglu":
@@ -590,13 +608,16 @@ class Block(nn.Module):
     """Returns `[batch, length, dim]`, or `(that, new cache)` when `cache` is given."""
     spec = self.spec
     attn = CausalSelfAttention(spec, name="attn")
-    normed, affine = Norm(spec, name="attn_norm")(x)      # affine folded into the QKV kernel
+    if spec.token_shift and cache is not None:
+      raise NotImplementedError("token_shift decoding")
+    shift = token_shift if spec.token_shift else (lambda v: v)
+    normed, affine = Norm(spec, name="attn_norm")(shift(x))  # affine folded into QKV kernel
     if cache is None:
       h = attn(normed, norm=affine)
     else:
       h, cache = attn(normed, cache, index, norm=affine)
     x = x + nn.Dropout(spec.dropout)(h, deterministic=deterministic)
-    normed, affine = Norm(spec, name="mlp_norm")(x)
+    normed, affine = Norm(spec, name="mlp_norm")(shift(x))
     h = Mlp(spec, name="mlp")(normed, norm=affine)
     x = x + nn.Dropout(spec.dropout)(h, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ACT_SEQ)
@@ -781,12 +802,12 @@ class ByteEmbed(nn.Embed):
 
 
 def byte_embedding(dim: int, init_std: Optional[float], dtype: Any, param_dtype: Any,
-                   name: str) -> nn.Embed:
+                   name: str, embed_std: float = 0.02) -> nn.Embed:
   """A 256-row byte embedding table `[vocab, embed]` with logical axis names (`ByteEmbed`:
-  looked up by a one-hot matmul)."""
+  looked up by a one-hot matmul), initialised by `embedding_init(init_std, embed_std)`."""
   return ByteEmbed(256, dim, dtype=dtype, param_dtype=param_dtype, name=name,
-                   embedding_init=nn.with_logical_partitioning(embedding_init(init_std),
-                                                               ("vocab", "embed")))
+                   embedding_init=nn.with_logical_partitioning(
+                       embedding_init(init_std, embed_std), ("vocab", "embed")))
 
 
 def shift_right(x: jax.Array, pad: jax.Array, axis: int) -> jax.Array:

@@ -70,7 +70,7 @@ def _shared(cfg) -> dict:
   return dict(mlp_ratio=cfg.mlp_ratio, activation=cfg.activation, norm=cfg.norm,
               dropout=cfg.dropout, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
               init_std=cfg.init_std, use_bias=cfg.use_bias, attention_impl=cfg.attention_impl,
-              remat=cfg.remat, scan_layers=cfg.scan_layers)
+              remat=cfg.remat, scan_layers=cfg.scan_layers, token_shift=cfg.token_shift)
 
 
 def conv_encoder(cfg: MegabyteConfig, name: str = "patch_encoder") -> CausalConvEncoder:
@@ -107,20 +107,29 @@ class Megabyte(nn.Module):
     k = length // p
     dtype, param_dtype = cfg.compute_dtype, cfg.parameter_dtype
     drop = nn.Dropout(cfg.embed_dropout)
+    init = embedding_init(cfg.init_std, cfg.embed_init_std)
 
     # Global model input: byte embeddings + positions, concatenated per patch.
-    global_embed = byte_embedding(dg, cfg.init_std, dtype, param_dtype, "global_embed")
+    de = dg if cfg.patch_embed == "concat" else cfg.local_dim
+    global_embed = byte_embedding(de, cfg.init_std, dtype, param_dtype, "global_embed",
+                                  cfg.embed_init_std)
     global_pos = self.param(
-        "global_pos", nn.with_logical_partitioning(embedding_init(cfg.init_std),
-                                                   (None, "embed")),
-        (cfg.seq_len, dg), param_dtype)
-    x = global_embed(tokens) + global_pos[:length].astype(dtype)     # [batch, T, D_G]
+        "global_pos", nn.with_logical_partitioning(init, (None, "embed")),
+        (cfg.seq_len, de), param_dtype)
+    x = global_embed(tokens) + global_pos[:length].astype(dtype)     # [batch, T, D_E]
     x = drop(x, deterministic=deterministic)
     if cfg.conv_kernel_sizes:                                         # Section 2.3.1
       x = conv_encoder(cfg)(x)                                        # [batch, T, D_G]
-    x = x.reshape(batch, k, p * dg)                                   # [batch, patches, P*D_G]
+    x = x.reshape(batch, k, p * de)                                   # [batch, patches, P*D_E]
+    if cfg.patch_embed == "linear":
+      x = nn.LayerNorm(dtype=dtype, param_dtype=param_dtype, name="patch_in_norm")(x)
+      x = nn.DenseGeneral(cfg.global_dim, use_bias=cfg.use_bias, dtype=dtype,
+                          param_dtype=param_dtype, name="patch_proj",
+                          kernel_init=nn.with_logical_partitioning(
+                              dense_init(cfg.init_std), (None, "embed")))(x)
+      x = nn.LayerNorm(dtype=dtype, param_dtype=param_dtype, name="patch_out_norm")(x)
     global_pad = self.param(
-        "global_pad", nn.with_logical_partitioning(embedding_init(cfg.init_std), ("embed",)),
+        "global_pad", nn.with_logical_partitioning(init, ("embed",)),
         (cfg.global_dim,), param_dtype)
     x = shift_right(x, global_pad, axis=1)          # patch k now holds patch k-1's bytes
     x = nn.with_logical_constraint(x, ACT_SEQ)
@@ -134,26 +143,35 @@ class Megabyte(nn.Module):
       s, u, dim = sizes[level - 1], units[level], level_dim(cfg, level)
       n = length // units[level - 1]                                  # parent units
       # Each parent output, split into S slices (one per unit of this level), projected.
-      g = g.reshape(batch, n, s, level_dim(cfg, level - 1) // s)      # [batch, n, S, d/S]
-      w = self.param(f"{parent}_to_{name}", nn.with_logical_partitioning(
-          dense_init(cfg.init_std), (None, "embed")), (g.shape[-1], dim), param_dtype)
-      g = jnp.einsum("bkpg,gl->bkpl", g, w.astype(dtype))            # [batch, n, S, dim]
+      if cfg.global_to_local == "full":   # each child position: its own projection
+        w = self.param(f"{parent}_to_{name}", nn.with_logical_partitioning(
+            dense_init(cfg.init_std, out_axis=(1, 2)), (None, None, "embed")),
+            (g.shape[-1], s, dim), param_dtype)
+        g = jnp.einsum("bkg,gpl->bkpl", g, w.astype(dtype))          # [batch, n, S, dim]
+      else:
+        g = g.reshape(batch, n, s, level_dim(cfg, level - 1) // s)    # [batch, n, S, d/S]
+        w = self.param(f"{parent}_to_{name}", nn.with_logical_partitioning(
+            dense_init(cfg.init_std), (None, "embed")), (g.shape[-1], dim), param_dtype)
+        g = jnp.einsum("bkpg,gl->bkpl", g, w.astype(dtype))          # [batch, n, S, dim]
 
       # This level's input: the previous unit's byte embeddings, concatenated (a learned
       # pad at unit 0 of each parent unit) + its parent slice + a learned position.
-      embed = byte_embedding(dim // u, cfg.init_std, dtype, param_dtype, f"{name}_embed")
-      pad = self.param(
-          f"{name}_pad", nn.with_logical_partitioning(embedding_init(cfg.init_std), ("embed",)),
-          (dim,), param_dtype)
-      pos = self.param(
-          f"{name}_pos", nn.with_logical_partitioning(embedding_init(cfg.init_std),
-                                                      (None, "embed")), (s, dim), param_dtype)
+      embed = byte_embedding(dim // u, cfg.init_std, dtype, param_dtype, f"{name}_embed",
+                             cfg.embed_init_std)
+      pad = self.param(f"{name}_pad", nn.with_logical_partitioning(init, ("embed",)),
+                       (dim,), param_dtype)
+      pos = self.param(f"{name}_pos", nn.with_logical_partitioning(init, (None, "embed")),
+                       (s, dim), param_dtype)
+      # "patch" (the paper): the pad at unit 0 of every parent unit; "sequence": unit 0
+      # takes the last unit of the parent unit before (the pad only at the window start).
+      seq = cfg.byte_shift == "sequence"
       if u == 1 and not (cfg.embed_dropout and not deterministic):
-        y = _shifted_byte_inputs(tokens.reshape(batch, n, s), embed, pad, pos, dtype)
+        y = _shifted_byte_inputs(tokens.reshape(batch, n, s), embed, pad, pos, dtype, seq)
       else:
-        y = embed(tokens).reshape(batch, n, s, dim)
+        y = embed(tokens).reshape(batch, n * s if seq else n, -1 if seq else s, dim)
         y = drop(y, deterministic=deterministic)
-        y = shift_right(y, pad, axis=2) + pos.astype(dtype)
+        y = shift_right(y, pad, axis=1 if seq else 2).reshape(batch, n, s, dim)
+        y = y + pos.astype(dtype)
       h = y + g                                                       # [batch, n, S, dim]
       spec = level_spec(cfg, level)
       # The last level's final norm is folded into the byte head (`fold_norm`).
@@ -175,7 +193,7 @@ class Megabyte(nn.Module):
 
 
 def _shifted_byte_inputs(ids: jax.Array, embed: nn.Embed, pad: jax.Array, pos: jax.Array,
-                         dtype) -> jax.Array:
+                         dtype, sequence: bool = False) -> jax.Array:
   """A byte level's input before its parent slice: `shift_right(embed(ids), pad) + pos`.
 
   `ids [batch, n, S]` (one byte per unit), `pad [dim]`, `pos [S, dim]` -> `[batch, n, S,
@@ -186,11 +204,16 @@ def _shifted_byte_inputs(ids: jax.Array, embed: nn.Embed, pad: jax.Array, pos: j
   them over every patch instead made XLA lay the local model's activations out
   position-major on GPU, with a transpose around every matmul (with the norm-scale sums that
   `layers.fold_norm` removes: about 5 ms of the reference step on an H100, BENCHMARKS.md,
-  session 5). Used for byte levels without embedding dropout in training.
+  session 5). Used for byte levels without embedding dropout in training. With `sequence`
+  (`byte_shift="sequence"`) position 0 of patch k takes the last byte of patch k-1.
   """
-  s = ids.shape[-1]
+  batch, n, s = ids.shape
   rows = 257 + s
-  shifted = shift_right(ids.astype(jnp.int32), jnp.int32(256), axis=2)   # pad row first
+  if sequence:   # the previous byte across patch boundaries; the pad row at position 0
+    shifted = shift_right(ids.astype(jnp.int32).reshape(batch, n * s), jnp.int32(256),
+                          axis=1).reshape(batch, n, s)
+  else:          # the pad row at the first position of every patch
+    shifted = shift_right(ids.astype(jnp.int32), jnp.int32(256), axis=2)
   slots = 257 + jnp.arange(s, dtype=jnp.int32)
   two_hot = (jax.nn.one_hot(shifted, rows, dtype=dtype)
              + jax.nn.one_hot(slots, rows, dtype=dtype))                # [batch, n, S, rows]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any, Optional
 
 import flax
@@ -46,18 +48,58 @@ def learning_rate_schedule(train_cfg) -> optax.Schedule:
       end_value=peak * float(train_cfg.min_lr_ratio))
 
 
-def decay_mask(params: Any) -> Any:
-  """True for the parameters weight decay applies to: matrices, not vectors (biases, norms,
-  pads)."""
-  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+# Names of the weights of dense layers: `qkv_kernel`, `out_kernel`, `in_kernel`, the head's
+# and the convolutions' `kernel`, and the projections between levels (`global_to_local`,
+# `global_to_level_1`, ...).
+_PROJECTION = re.compile(r"^(global|level_\d+)_to_(level_\d+|local)$")
+
+
+def decay_role(name: str) -> str:
+  """The role of a parameter, from its name, for weight decay: "kernel" (a dense layer's
+  weight matrix), "embedding" (a byte embedding table or a learned position table) or
+  "other" (biases, norm scales and biases, pads)."""
+  if name.endswith("kernel") or _PROJECTION.match(name):
+    return "kernel"
+  if name in ("embedding", "pos") or name.endswith("_pos"):
+    return "embedding"
+  return "other"
+
+
+DECAY_MASKS = ("kernels", "kernels_embeddings", "ndim")
+
+
+def decay_mask(params: Any, rule: str = "kernels") -> Any:
+  """True for the parameters weight decay applies to (`train.weight_decay_mask`).
+
+  "kernels" (the default) chooses by role (`decay_role`), not by shape: the weight matrices
+  of dense layers. "kernels_embeddings" adds the byte embedding and position tables. Never
+  biases, norm parameters or pads, whatever their shape. "ndim" is the rule before
+  2026-12 (every parameter of 2 or more dimensions), kept for comparisons: it also decays
+  the QKV bias (`[3, heads, head_dim]`) and the MLP's input bias (`[1, mlp]`), and with
+  `scan_layers` (a leading layer axis) every norm and bias.
+  """
+  if rule not in DECAY_MASKS:
+    raise ConfigError(f"train.weight_decay_mask must be one of {DECAY_MASKS}, got {rule!r}")
+  if rule == "ndim":
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+  def mask(path, _):
+    role = decay_role(str(getattr(path[-1], "key", path[-1])))
+    return role == "kernel" or (rule == "kernels_embeddings" and role == "embedding")
+  return jax.tree_util.tree_map_with_path(mask, params)
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
-  """AdamW (decoupled weight decay on matrices) with global-norm clipping and the schedule."""
+  """AdamW (decoupled weight decay on the parameters `decay_mask` selects by
+  `train.weight_decay_mask`) with global-norm clipping and the schedule."""
   if train_cfg.grad_clip < 0:
     raise ConfigError(f"train.grad_clip must be >= 0 (0 disables), got {train_cfg.grad_clip}")
+  rule = train_cfg.get("weight_decay_mask", "kernels")
+  if rule not in DECAY_MASKS:
+    raise ConfigError(f"train.weight_decay_mask must be one of {DECAY_MASKS}, got {rule!r}")
   adamw = optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
-                      eps=train_cfg.eps, weight_decay=train_cfg.weight_decay, mask=decay_mask)
+                      eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
+                      mask=functools.partial(decay_mask, rule=rule))
   if train_cfg.grad_clip:
     return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adamw)
   return adamw

@@ -18,7 +18,8 @@ def stack_spec(cfg: TransformerConfig) -> StackSpec:
                    activation=cfg.activation, norm=cfg.norm, dropout=cfg.dropout,
                    dtype=cfg.dtype, param_dtype=cfg.param_dtype, init_std=cfg.init_std,
                    use_bias=cfg.use_bias, attention_impl=cfg.attention_impl,
-                   remat=cfg.remat, scan_layers=cfg.scan_layers)
+                   remat=cfg.remat, scan_layers=cfg.scan_layers,
+                   token_shift=cfg.token_shift)
 
 
 class ByteTransformer(nn.Module):
@@ -38,11 +39,12 @@ class ByteTransformer(nn.Module):
     check_tokens(tokens, 1, cfg.seq_len)
     length = tokens.shape[1]
     dtype, param_dtype = cfg.compute_dtype, cfg.parameter_dtype
-    embed = byte_embedding(cfg.dim, cfg.init_std, dtype, param_dtype, "embed")
-    pad = self.param("pad", nn.with_logical_partitioning(embedding_init(cfg.init_std),
-                                                         ("embed",)), (cfg.dim,), param_dtype)
-    pos = self.param("pos", nn.with_logical_partitioning(embedding_init(cfg.init_std),
-                                                         (None, "embed")),
+    init = embedding_init(cfg.init_std, cfg.embed_init_std)
+    embed = byte_embedding(cfg.dim, cfg.init_std, dtype, param_dtype, "embed",
+                           cfg.embed_init_std)
+    pad = self.param("pad", nn.with_logical_partitioning(init, ("embed",)), (cfg.dim,),
+                     param_dtype)
+    pos = self.param("pos", nn.with_logical_partitioning(init, (None, "embed")),
                      (cfg.seq_len, cfg.dim), param_dtype)
     x = shift_right(embed(tokens), pad, axis=1) + pos[:length].astype(dtype)  # [batch, T, dim]
     x = nn.Dropout(cfg.embed_dropout)(x, deterministic=deterministic)
