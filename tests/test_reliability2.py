@@ -107,3 +107,112 @@ def test_non_finite_checkpoints_are_refused_and_never_evict_the_last_good_one(tm
   ckpt.wait()
   assert ckpt.all_steps() == [6, 7] and ckpt.last_good_step() == 7
   ckpt.close()
+
+
+# ------------------------------------------------------------------ config validation
+
+
+@pytest.mark.parametrize("section,key,value,match", [
+    ("train", "learning_rate", float("nan"), r"train\.learning_rate must be a finite number"),
+    ("train", "b2", 1.5, r"train\.b2 must be in \[0, 1\), got 1\.5"),
+    ("train", "max_bad_steps", 0, r"train\.max_bad_steps must be positive, got 0"),
+    ("train", "grad_accum_steps", 0, r"train\.grad_accum_steps must be positive, got 0"),
+    ("train", "warmup_steps", 12, r"train\.warmup_steps must be less than train\.steps"),
+    ("data", "prefetch", -1, r"data\.prefetch must be >= 0, got -1"),
+    ("data", "workers", -2, r"data\.workers must be >= 0, got -2"),
+    ("data", "read_threads", -1, r"data\.read_threads must be >= 0, got -1"),
+])
+def test_bad_config_values_are_refused_before_anything_is_written(section, key, value, match,
+                                                                 corpus, tmp_path):
+  config = _config(corpus, steps=12)
+  config[section][key] = value
+  workdir = tmp_path / "run"
+  with pytest.raises(ConfigError, match=match) as info:
+    train_and_evaluate(config, str(workdir))
+  assert "\n" not in str(info.value)
+  assert not workdir.exists()                      # nothing written, not even the folder
+
+
+def test_cli_config_mistakes_are_one_line(tmp_path):
+  syntax, binary = tmp_path / "syntax.py", tmp_path / "binary.py"
+  syntax.write_text("def get_config(:\n")
+  binary.write_bytes(bytes(range(256)) * 4)
+  workdir = tmp_path / "run"
+  for args, expected in (
+      ([f"--config={syntax}"], "cannot load the --config file: invalid syntax"),
+      ([f"--config={binary}"], "cannot load the --config file"),
+      ([f"--config={TINY}", "--config.train.learning_rate=nan"],
+       "train.learning_rate must be a finite number, got nan")):
+    proc = run_module("megabyte_jax.train", f"--workdir={workdir}", *args, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {expected}"), proc.stderr
+    assert not workdir.exists()
+
+
+def test_a_start_that_fails_after_validation_leaves_the_workdir_free(corpus, tmp_path):
+  from megabyte_jax.workdir import CONFIG_FILE, save_config
+  workdir = str(tmp_path / "run")
+  config = _config(corpus, steps=4)
+  config.data.files = str(tmp_path / "nothing-here")     # valid config, missing data
+  with pytest.raises(DataError, match="no files match"):
+    train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(workdir)) == []            # no config.json, no lock
+  other = _config(corpus, steps=4)
+  other.model.global_dim = 64                        # another model may use the workdir
+  assert train_and_evaluate(other, workdir)["step"] == 4
+  # config.json is replaced atomically: no temporary file is left
+  save_config(workdir, other)
+  assert sorted(os.listdir(workdir)) == ["checkpoints", CONFIG_FILE, "metrics.jsonl"]
+
+
+# ------------------------------------------------------------------ workdir lock
+
+
+def test_a_second_trainer_on_the_same_workdir_is_refused(corpus, tmp_path):
+  import signal
+  import time
+  workdir = str(tmp_path / "run")
+  cmd = _train_cmd(workdir, corpus, "--config.train.checkpoint_every=100000")
+  first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 300
+  while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
+    time.sleep(0.3)
+  second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+  first.send_signal(signal.SIGTERM)
+  first.communicate(timeout=300)
+  assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
+  last = second.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {workdir} is in use by another trainer (pid {first.pid} "
+                         f"on "), last
+  assert first.returncode == 143
+  assert not os.path.exists(os.path.join(workdir, "train.lock"))   # released at the end
+
+
+def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(corpus, tmp_path, capsys):
+  import socket
+  from megabyte_jax.errors import WorkdirLocked
+  from megabyte_jax.workdir_lock import LOCK_FILE, WorkdirLock
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  lock = workdir / LOCK_FILE
+  lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+  assert train_and_evaluate(_config(corpus, steps=4), str(workdir))["step"] == 4
+  assert (f"taking over the stale lock {lock} of pid {dead.pid} on "
+          f"{socket.gethostname()}") in capsys.readouterr().err
+  assert not lock.exists()
+  lock.write_text(json.dumps({"pid": 1, "host": "elsewhere.example"}))
+  with pytest.raises(WorkdirLocked, match=r"was left by pid 1 on elsewhere\.example, another "
+                                          r"host"):
+    train_and_evaluate(_config(corpus, steps=4), str(workdir))
+  # In a multi-host run only process 0 takes the lock (the others pass enabled=False).
+  lock.unlink()
+  with WorkdirLock(str(workdir), enabled=False):
+    assert not lock.exists()
+  with WorkdirLock(str(workdir)):
+    with pytest.raises(WorkdirLocked, match=f"in use by another trainer \\(pid {os.getpid()}"):
+      WorkdirLock(str(workdir)).acquire()
