@@ -16,9 +16,11 @@ goes bad never deletes the last checkpoint worth resuming from.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -32,6 +34,20 @@ from megabyte_jax.errors import CheckpointError
 CHECKPOINT_SUBDIR = "checkpoints"
 MANIFEST = "checksums.json"
 _FULL_DISK = ("RESOURCE_EXHAUSTED", "No space left on device", "Disk quota exceeded")
+
+
+class _QuietWriteFailures(logging.Filter):
+  """Drops Orbax's own error logs (with tracebacks, from its background threads) of a write
+  that failed for a full disk or permissions: `Checkpointer` reports those in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or "orbax" not in (record.pathname or ""):
+      return True
+    message = record.getMessage()
+    return not any(m in message for m in _FULL_DISK + ("PERMISSION_DENIED",))
+
+
+logging.getLogger("absl").addFilter(_QuietWriteFailures())
 
 
 class CheckpointAccessError(CheckpointError):
@@ -98,6 +114,8 @@ class Checkpointer:
   def __init__(self, workdir: str, save_every: int = 1000, keep: Optional[int] = 3):
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR))
     self.keep = keep
+    self.check_space = True   # refuse a save that cannot fit before writing it
+    self._in_flight: Optional[int] = None
     self._pending: dict[int, bool] = {}   # saved by this process, not yet sealed
     options = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=save_every,
                                            create=True)
@@ -144,16 +162,39 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    with self._write_errors(step):
+    with self._write_errors(self._in_flight):   # a failed earlier save surfaces here
       self._manager.wait_until_finished()
       self._seal()
+    self._in_flight = None
+    with self._write_errors(step):
       if not force and not self._manager.should_save(step):
         return False
       finite = count_non_finite(getattr(state, "params", state))[0] == 0
+      self._check_space(step, state)
       saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
       if saved:
         self._pending[step] = finite
+        self._in_flight = step
       return saved
+
+  def _check_space(self, step: int, state: Any) -> None:
+    """Refuses a save that cannot fit on the disk, before Orbax starts writing: the size of
+    the newest saved step (or of the state's arrays, plus 1 MiB of metadata) against the
+    free space. A disk that fills meanwhile is still caught when the write fails."""
+    if not self.check_space:
+      return
+    import jax   # pylint: disable=g-import-not-at-top
+    steps = sorted(self._manager.all_steps())
+    if steps:
+      top = self.step_dir(steps[-1])
+      need = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(top) for f in fs)
+    else:
+      need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(state))
+      need += 2 ** 20
+    free = shutil.disk_usage(self.directory).free
+    if need > free:
+      raise OSError(errno.ENOSPC, f"No space left on device (a checkpoint takes about "
+                                  f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free)")
 
   def _seal(self) -> None:
     """Writes the manifest of each finished save of this process, then applies retention."""
@@ -220,7 +261,7 @@ class Checkpointer:
       reason = _write_reason(e)
       if reason is None:
         raise
-      self._pending = {}
+      self._pending, self._in_flight = {}, None
       self._remove_partial(None)
       try:
         self._manager.reload()
@@ -397,9 +438,10 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until asynchronous saves have finished (and seals them)."""
-    with self._write_errors(None):
+    with self._write_errors(self._in_flight):
       self._manager.wait_until_finished()
       self._seal()
+    self._in_flight = None
 
   def close(self) -> None:
     """Finishes pending saves and releases the manager."""

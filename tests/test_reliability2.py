@@ -216,3 +216,88 @@ def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(corpus, tmp_path, 
   with WorkdirLock(str(workdir)):
     with pytest.raises(WorkdirLocked, match=f"in use by another trainer \\(pid {os.getpid()}"):
       WorkdirLock(str(workdir)).acquire()
+
+
+# ------------------------------------------------------------------ real full disks
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A real 2 MiB tmpfs (needs root and permission to mount; skipped otherwise)."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                        capture_output=True, text=True)
+  if proc.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+  try:
+    yield str(mount)
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory, leave=0):
+  """Fills the disk of `directory`, leaving `leave` bytes free."""
+  free = shutil.disk_usage(directory).free - leave
+  with open(os.path.join(directory, "filler"), "wb") as f:
+    f.write(b"\0" * max(0, free))
+
+
+def test_a_real_full_disk_during_training_is_one_line_and_keeps_the_checkpoint(
+    small_disk, tmp_path):
+  corpus = tmp_path / "corpus"
+  shutil.copytree(os.path.join(os.path.dirname(json.__file__)), corpus,
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  workdir = os.path.join(small_disk, "run")
+  proc = run_module("megabyte_jax.train", f"--config={TINY}", f"--workdir={workdir}",
+                    f"--config.data.files={corpus}", "--config.data.eval_fraction=0.4",
+                    "--config.train.steps=60", "--config.train.checkpoint_every=5",
+                    "--config.train.keep_checkpoints=20", "--config.train.eval_every=0",
+                    "--noprogress", check=False)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: cannot write the checkpoint of step 10 in {workdir}/"
+                         f"checkpoints: No space left on device"), last
+  assert last.endswith("the newest complete checkpoint, step 5, is untouched")
+  ckpt = Checkpointer(workdir)
+  assert ckpt.all_steps() == [5] and ckpt.manifest(5)["finite"]
+  assert sorted(os.listdir(ckpt.directory)) == ["5"]       # the partial save is removed
+
+
+def test_a_real_tensorstore_resource_exhausted_error_is_caught(small_disk):
+  workdir = os.path.join(small_disk, "run")
+  ckpt = Checkpointer(workdir, save_every=1, keep=5)
+  ckpt.check_space = False            # let TensorStore itself hit the full disk
+  ckpt.save(1, _small_state(1.0))
+  big = {"params": {"w": jax.random.normal(jax.random.key(0), (1024, 1024))},  # 4 MiB
+         "step": jnp.asarray(2, jnp.int32)}
+  with pytest.raises(CheckpointError) as info:
+    ckpt.save(2, big)
+    ckpt.wait()
+  message = str(info.value)
+  assert "\n" not in message and "RESOURCE_EXHAUSTED" in message
+  assert message.startswith(f"cannot write the checkpoint of step 2 in {ckpt.directory}: "
+                            f"No space left on device")
+  assert message.endswith("the newest complete checkpoint, step 1, is untouched")
+  assert sorted(os.listdir(ckpt.directory)) == ["1"]
+  again = Checkpointer(workdir)
+  assert float(again.restore(_abstract_small(), 1)["params"]["w"][0, 0]) == 1.0
+
+
+def test_full_disk_writing_metrics_or_config_is_one_line(small_disk, corpus):
+  from megabyte_jax import MegabyteError
+  from megabyte_jax.metrics import MetricWriter
+  workdir = os.path.join(small_disk, "run")
+  writer = MetricWriter(workdir, tensorboard=False)
+  _fill(small_disk)
+  with pytest.raises(TrainingError, match=r"cannot write the metrics of step 3 to .*metrics"
+                                          r"\.jsonl: No space left on device"):
+    writer.write(3, {"train_bpb": 1.0, "text": "x" * 5000})
+  writer.close()
+  os.remove(os.path.join(small_disk, "filler"))
+  shutil.rmtree(workdir)
+  _fill(small_disk, leave=4096)       # room for the lock file, not for config.json
+  with pytest.raises(MegabyteError, match="No space left on device") as info:
+    train_and_evaluate(_config(corpus, steps=4), workdir)
+  assert "\n" not in str(info.value)
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
