@@ -301,3 +301,116 @@ def test_full_disk_writing_metrics_or_config_is_one_line(small_disk, corpus):
     train_and_evaluate(_config(corpus, steps=4), workdir)
   assert "\n" not in str(info.value)
   assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
+# ------------------------------------------------------------------ data integrity
+
+
+def _tree(root, names):
+  for name in names:
+    path = os.path.join(os.fsencode(root), name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+      f.write(b"doc " + name * 50)
+
+
+def test_symlink_loops_and_aliases_give_each_file_once_and_in_one_split(tmp_path):
+  from megabyte_jax.data import load_byte_data, split_file_lists
+  from megabyte_jax.data.local_files import resolve_files
+  root = tmp_path / "docs"
+  _tree(root, [b"a.txt", b"b.txt", b"sub/c.txt", b"sub/deep/d.txt", b"e.txt"])
+  os.symlink("..", root / "sub" / "up")                 # a loop
+  os.symlink(".", root / "sub" / "deep" / "self")      # another
+  os.symlink("a.txt", root / "alias.txt")              # one file, two names
+  real = sorted(os.path.realpath(os.path.join(r, f)) for r, _, fs in os.walk(root)
+                for f in fs if not os.path.islink(os.path.join(r, f)))
+  for pattern in (str(root), str(root / "**" / "*.txt"), str(root / "*.txt")):
+    _, files = resolve_files(pattern)
+    expected = real if "**" in pattern or pattern == str(root) else [
+        p for p in real if os.path.dirname(p) == str(root)]
+    assert files == expected, pattern
+  cfg = _data_cfg(str(root), eval_fraction=0.4)
+  train, evaluation = split_file_lists(cfg)
+  assert not set(train) & set(evaluation) and sorted(train + evaluation) == real
+  data = load_byte_data(cfg, seq_len=32)
+  assert data.train_files + data.eval_files == 5
+
+
+def test_no_file_is_ever_in_both_splits(tmp_path):
+  """Random trees of files, symbolic links to files and to directories (loops included),
+  split by fraction or by a separate validation glob that overlaps the training one."""
+  from megabyte_jax.data import split_file_lists
+  rng = np.random.default_rng(0)
+  for case in range(15):
+    root = tmp_path / f"t{case}"
+    dirs = [root]
+    for i in range(int(rng.integers(1, 5))):
+      dirs.append(dirs[int(rng.integers(len(dirs)))] / f"d{i}")
+      dirs[-1].mkdir(parents=True)
+    files = []
+    for i in range(int(rng.integers(2, 12))):
+      path = dirs[int(rng.integers(len(dirs)))] / f"f{i}.txt"
+      path.write_bytes(b"x" * int(rng.integers(1, 100)))
+      files.append(path)
+    for i in range(int(rng.integers(0, 4))):
+      at = dirs[int(rng.integers(len(dirs)))] / f"link{i}.txt"
+      target = (files if rng.random() < 0.5 else dirs)[int(rng.integers(2))
+                                                         if len(dirs) > 1 else 0]
+      os.symlink(target, at)
+    real = {os.path.realpath(f) for f in files}
+    for eval_files in (None, str(root / "**" / "f1*.txt")):
+      cfg = _data_cfg(str(root), eval_fraction=0.5, eval_files=eval_files)
+      try:
+        train, evaluation = split_file_lists(cfg)
+      except DataError as e:
+        assert "split" in str(e) or "no files match" in str(e)
+        continue
+      assert not set(train) & set(evaluation), case
+      assert len(set(train)) == len(train) and len(set(evaluation)) == len(evaluation)
+      assert set(train) | set(evaluation) <= real
+      if eval_files is None:
+        assert set(train) | set(evaluation) == real
+
+
+def test_non_utf8_file_names_are_read_and_split(tmp_path):
+  from megabyte_jax.data import load_byte_data, split_file_lists
+  root = tmp_path / "docs"
+  _tree(root, [b"caf\xe9.txt", b"\xff\xfe.bin", b"plain.txt", b"d\xe9j\xe0/x.txt"])
+  cfg = _data_cfg(str(root), eval_fraction=0.5)
+  train, evaluation = split_file_lists(cfg)
+  assert len(train) + len(evaluation) == 4
+  data = load_byte_data(cfg, seq_len=32)
+  assert data.train_files + data.eval_files == 4
+
+
+def test_an_unreadable_directory_is_an_error_naming_it_unless_skipped(tmp_path, monkeypatch,
+                                                                     caplog):
+  """Tests run as root, whom `chmod 000` does not stop (and the user `nobody` cannot reach
+  this Python): `os.scandir` is made to refuse the directory as it would for another
+  user."""
+  import errno
+  from megabyte_jax.data import load_byte_data
+  from megabyte_jax.data.local_files import resolve_files
+  root = tmp_path / "docs"
+  _tree(root, [b"a.txt", b"b.txt", b"e.txt", b"locked/c.txt"])
+  locked = str(root / "locked")
+  os.chmod(locked, 0)
+  real_scandir = os.scandir
+
+  def refusing_scandir(path="."):
+    if os.fspath(path) == locked:
+      raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, "scandir", refusing_scandir)
+  for pattern in (str(root), str(root / "**" / "*.txt")):
+    with pytest.raises(DataError, match=f"cannot read the directory {locked}: Permission "
+                                        f"denied .*data.skip_unreadable=True"):
+      resolve_files(pattern)
+  with caplog.at_level("WARNING"):
+    _, files = resolve_files(str(root), skip_unreadable=True)
+  assert [os.path.basename(f) for f in files] == ["a.txt", "b.txt", "e.txt"]
+  assert f"skipping the unreadable directory {locked}" in caplog.text
+  data = load_byte_data(_data_cfg(str(root), skip_unreadable=True, eval_fraction=0.4), 32)
+  assert data.train_files + data.eval_files == 3
+  os.chmod(locked, 0o755)
