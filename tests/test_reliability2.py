@@ -414,3 +414,37 @@ def test_an_unreadable_directory_is_an_error_naming_it_unless_skipped(tmp_path, 
   data = load_byte_data(_data_cfg(str(root), skip_unreadable=True, eval_fraction=0.4), 32)
   assert data.train_files + data.eval_files == 3
   os.chmod(locked, 0o755)
+
+
+# ------------------------------------------------------------------ sampling
+
+
+def test_sample_refuses_huge_outputs_fifos_and_the_runs_own_files(corpus, tmp_path,
+                                                                   monkeypatch):
+  import threading
+  from megabyte_jax import InputError
+  from megabyte_jax.data import local_files
+  from megabyte_jax.sample import run_sample
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(_config(corpus, steps=4), workdir)
+  monkeypatch.setattr(local_files, "eval_memory_limit", lambda: 16 * 2 ** 30)  # a 32 GiB host
+  with pytest.raises(InputError, match=r"generating 1 x 2,147,483,002 bytes needs about "
+                                       r"32\.0 GiB, more than the 16\.0 GiB allowed"):
+    run_sample(workdir, prompt="ab", num_bytes=2147483000, slide=True)
+  monkeypatch.undo()
+  fifo = str(tmp_path / "prompt.fifo")
+  os.mkfifo(fifo)
+  result = []
+  worker = threading.Thread(target=lambda: result.append(
+      pytest.raises(InputError, run_sample, workdir, prompt_file=fifo, num_bytes=4)))
+  worker.start()
+  worker.join(timeout=60)
+  assert not worker.is_alive(), "a FIFO as --prompt_file hangs"
+  assert "is a FIFO, not a regular file" in str(result[0].value)
+  before = open(os.path.join(workdir, "config.json"), "rb").read()
+  for name in ("config.json", "metrics.jsonl", "checkpoints/4/state/x", "checkpoints"):
+    with pytest.raises(InputError, match="--output .* (is the run's own|is inside the run's)"):
+      run_sample(workdir, prompt="ab", num_bytes=4, output=os.path.join(workdir, name))
+  assert open(os.path.join(workdir, "config.json"), "rb").read() == before
+  out = os.path.join(workdir, "sample.bin")              # other files in the workdir are fine
+  assert run_sample(workdir, prompt="ab", num_bytes=4, output=out)[0][:2] == b"ab"
