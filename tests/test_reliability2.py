@@ -448,3 +448,76 @@ def test_sample_refuses_huge_outputs_fifos_and_the_runs_own_files(corpus, tmp_pa
   assert open(os.path.join(workdir, "config.json"), "rb").read() == before
   out = os.path.join(workdir, "sample.bin")              # other files in the workdir are fine
   assert run_sample(workdir, prompt="ab", num_bytes=4, output=out)[0][:2] == b"ab"
+
+
+# ------------------------------------------------------------------ bad steps, random faults
+
+
+def test_the_bad_step_stop_waits_for_the_save_in_flight_and_names_a_complete_one(corpus,
+                                                                                tmp_path):
+  workdir = str(tmp_path / "run")
+  config = _config(corpus, steps=40)
+  config.train.update(learning_rate=1e30, checkpoint_every=5, max_bad_steps=4, log_every=1)
+  with pytest.raises(TrainingError, match=r"the newest complete checkpoint is step (\d+)") as e:
+    train_and_evaluate(config, workdir)
+  import re
+  named = int(re.search(r"checkpoint is step (\d+)", str(e.value)).group(1))
+  ckpt = Checkpointer(workdir)
+  assert named == ckpt.latest_step() and ckpt.manifest(named) is not None
+  assert not [n for n in os.listdir(ckpt.directory) if "tmp" in n]   # nothing abandoned
+  assert not os.path.exists(os.path.join(workdir, "train.lock"))
+
+
+def test_random_faults_over_train_stop_corrupt_resume_lose_nothing_and_never_nan(corpus,
+                                                                                tmp_path):
+  """A bounded loop of random faults between runs: each run trains 4 more steps, then one
+  of: flip bytes in a checkpoint file (same length), truncate one, delete its manifest and
+  poison it with NaN, remove the newest step, or nothing. The next run must resume from the
+  newest intact step (never an older one, never a corrupt one), and no restored parameter
+  may be NaN."""
+  from megabyte_jax.checkpoint import count_non_finite
+  rng = np.random.default_rng(23)
+  workdir = str(tmp_path / "run")
+  target, intact = 0, None
+  for round_ in range(6):
+    target += 4
+    config = _config(corpus, steps=target)
+    config.train.update(checkpoint_every=2, keep_checkpoints=2)
+    final = train_and_evaluate(config, workdir)
+    assert final["step"] == target
+    ckpt = Checkpointer(workdir, keep=2)
+    steps = ckpt.all_steps()
+    assert steps[-1] == target and ckpt.last_good_step() == target
+    fault = ["flip", "truncate", "nan", "remove", "none"][int(rng.integers(5))]
+    newest = os.path.join(ckpt.directory, str(target))
+    victim = _largest_file(os.path.join(newest, "state"))
+    if fault == "flip":
+      _flip_bytes(victim, count=int(rng.integers(1, 3000)), seed=round_)
+    elif fault == "truncate":
+      with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    elif fault == "nan":
+      abstract = _abstract(config)
+      state = ckpt.restore(abstract, target)
+      poisoned = state.replace(params=jax.tree_util.tree_map(
+          lambda x: jnp.full_like(x, jnp.nan), state.params))
+      shutil.rmtree(newest)
+      ckpt._manager.reload()
+      ckpt.save(target, poisoned, force=True)
+      ckpt.wait()
+      os.remove(os.path.join(newest, MANIFEST))        # no checksum to catch it
+    elif fault == "remove":
+      shutil.rmtree(newest)
+    ckpt.close()
+    good = [s for s in steps if s != target] if fault != "none" else steps
+    intact = good[-1] if good else None
+    warnings = []
+    step, state, _ = Checkpointer(workdir, keep=2).restore_latest_good(
+        _abstract(config), warn=warnings.append)
+    assert step == intact, (round_, fault, steps)
+    assert count_non_finite(state.params)[0] == 0
+    assert (len(warnings) == 1) == (fault in ("flip", "truncate", "nan")), (fault, warnings)
+    assert all("\n" not in w for w in warnings)
+  records = [r for r in read_metrics(workdir) if "train_bpb" in r]
+  assert records[-1]["step"] == target
+  assert all(r["train_bpb"] is not None and np.isfinite(r["train_bpb"]) for r in records)
