@@ -1,9 +1,28 @@
-"""Orbax checkpointing of the training state in `WORKDIR/checkpoints`."""
+"""Orbax checkpointing of the training state in `WORKDIR/checkpoints`, with integrity checks.
+
+Each step's directory gets a manifest, `STEP/checksums.json`, once its save has finished:
+the size and SHA-256 of every file, and whether every parameter was finite when saved.
+Restoring a step recomputes the checksums (a flipped byte, even one that keeps the file's
+length, is caught) and checks that every restored value is finite; a step that fails either
+is corrupt. `restore_latest_good` then warns in one line naming it, moves it aside to
+`STEP.unreadable` and falls back to the next older step. A step that cannot be read for lack
+of permissions is not corrupt: it is named in a `CheckpointAccessError` and left in place.
+
+Retention keeps the newest `keep` steps and, beyond them, the newest verified-good step
+(a manifest saying its parameters were finite) until a newer good one exists, so a run that
+goes bad never deletes the last checkpoint worth resuming from.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
+import hashlib
+import json
+import logging
 import os
+import shutil
 import sys
 from typing import Any, Optional
 
@@ -13,6 +32,74 @@ import orbax.checkpoint as ocp
 from megabyte_jax.errors import CheckpointError
 
 CHECKPOINT_SUBDIR = "checkpoints"
+MANIFEST = "checksums.json"
+_FULL_DISK = ("RESOURCE_EXHAUSTED", "No space left on device", "Disk quota exceeded")
+
+
+class _QuietWriteFailures(logging.Filter):
+  """Drops Orbax's own error logs (with tracebacks, from its background threads) of a write
+  that failed for a full disk or permissions: `Checkpointer` reports those in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or "orbax" not in (record.pathname or ""):
+      return True
+    message = record.getMessage()
+    return not any(m in message for m in _FULL_DISK + ("PERMISSION_DENIED",))
+
+
+logging.getLogger("absl").addFilter(_QuietWriteFailures())
+
+
+class CheckpointAccessError(CheckpointError):
+  """A checkpoint cannot be read for lack of permissions (it is not corrupt)."""
+
+
+def _one_line(value: Any, limit: int = 400) -> str:
+  text = " ".join(str(value).split())
+  return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _write_reason(e: BaseException) -> Optional[str]:
+  """Why a write failed, in words, or None when `e` is not a failed write. TensorStore
+  reports a full disk as `ValueError: RESOURCE_EXHAUSTED: ...`, not as an `OSError`."""
+  if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError,)):
+    return e.strerror or _one_line(e)
+  text = str(e)
+  if any(marker in text for marker in _FULL_DISK):
+    return f"No space left on device ({_one_line(text, 160)})"
+  if "PERMISSION_DENIED" in text or "Permission denied" in text:
+    return f"Permission denied ({_one_line(text, 160)})"
+  return None
+
+
+def _digests(step_dir: str) -> dict:
+  """`{relative path: [size, sha256]}` of every file below `step_dir` but the manifest."""
+  out = {}
+  for root, dirs, files in os.walk(step_dir):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel.startswith(MANIFEST):   # the manifest and its temporary file
+        continue
+      h = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          h.update(block)
+      out[rel] = [os.path.getsize(path), h.hexdigest()]
+  return out
+
+
+def count_non_finite(tree: Any) -> tuple[int, int]:
+  """`(non-finite values, all values)` over the floating-point arrays of `tree`."""
+  import jax   # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp   # pylint: disable=g-import-not-at-top
+  leaves = [x for x in jax.tree_util.tree_leaves(tree)
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return 0, 0
+  bad = jax.device_get([jnp.sum(~jnp.isfinite(x)) for x in leaves])
+  return int(sum(int(b) for b in bad)), int(sum(x.size for x in leaves))
 
 
 class Checkpointer:
@@ -20,69 +107,247 @@ class Checkpointer:
 
   A thin layer over `ocp.CheckpointManager` with two items per step: `state` (the training
   state pytree) and, when given, `data` (the Grain input iterator's position), so that a
-  resumed run continues the input stream exactly where it stopped.
+  resumed run continues the input stream exactly where it stopped. See the module docstring
+  for the integrity checks and the retention rule.
   """
 
-  def __init__(self, workdir: str, save_every: int = 1000, keep: int = 3):
+  def __init__(self, workdir: str, save_every: int = 1000, keep: Optional[int] = 3):
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR))
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
+    self.keep = keep
+    self.check_space = True   # refuse a save that cannot fit before writing it
+    self._in_flight: Optional[int] = None
+    self._pending: dict[int, bool] = {}   # saved by this process, not yet sealed
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=save_every,
                                            create=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "data"))
+    with self._read_errors():
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_names=("state", "data"))
+
+  @contextlib.contextmanager
+  def _read_errors(self):
+    """A directory that cannot be listed becomes one `CheckpointAccessError` line."""
+    try:
+      yield
+    except PermissionError as e:
+      raise CheckpointAccessError(
+          f"cannot read the checkpoint directory {self.directory}: {e.strerror or e} "
+          f"({e.filename or self.directory}); fix its permissions") from e
 
   def latest_step(self) -> Optional[int]:
     """The newest saved step, or None when the directory holds no checkpoint."""
-    return self._manager.latest_step()
+    with self._read_errors():
+      return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
     """Every saved step, oldest first."""
-    return sorted(self._manager.all_steps())
+    with self._read_errors():
+      return sorted(self._manager.all_steps())
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def manifest(self, step: int) -> Optional[dict]:
+    """The manifest of `step` (None when it has none: still saving, or killed first)."""
+    try:
+      with open(os.path.join(self.step_dir(step), MANIFEST), encoding="utf-8") as f:
+        value = json.load(f)
+      return value if isinstance(value, dict) else None
+    except (OSError, ValueError):
+      return None
 
   def save(self, step: int, state: Any, data_iterator: Optional[Any] = None,
            force: bool = False) -> bool:
     """Saves `state` (and the Grain `data_iterator`'s position) at `step` if the interval
-    says so (always with `force`)."""
+    says so (always with `force`). The previous save is finished and sealed first."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    with self._write_errors(self._in_flight):   # a failed earlier save surfaces here
+      self._manager.wait_until_finished()
+      self._seal()
+    self._in_flight = None
     with self._write_errors(step):
-      return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+      if not force and not self._manager.should_save(step):
+        return False
+      finite = count_non_finite(getattr(state, "params", state))[0] == 0
+      self._check_space(step, state)
+      saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+      if saved:
+        self._pending[step] = finite
+        self._in_flight = step
+      return saved
+
+  def _check_space(self, step: int, state: Any) -> None:
+    """Refuses a save that cannot fit on the disk, before Orbax starts writing: the size of
+    the newest saved step (or of the state's arrays, plus 1 MiB of metadata) against the
+    free space. A disk that fills meanwhile is still caught when the write fails."""
+    if not self.check_space:
+      return
+    import jax   # pylint: disable=g-import-not-at-top
+    steps = sorted(self._manager.all_steps())
+    if steps:
+      top = self.step_dir(steps[-1])
+      need = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(top) for f in fs)
+    else:
+      need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(state))
+      need += 2 ** 20
+    free = shutil.disk_usage(self.directory).free
+    if need > free:
+      raise OSError(errno.ENOSPC, f"No space left on device (a checkpoint takes about "
+                                  f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free)")
+
+  def _seal(self) -> None:
+    """Writes the manifest of each finished save of this process, then applies retention."""
+    import jax   # pylint: disable=g-import-not-at-top
+    steps = set(self._manager.all_steps())
+    for step, finite in sorted(self._pending.items()):
+      if step in steps and jax.process_index() == 0:
+        self._write_manifest(step, finite)
+    self._pending = {}
+    self._retain()
+
+  def _write_manifest(self, step: int, finite: bool) -> None:
+    path = os.path.join(self.step_dir(step), MANIFEST)
+    files = _digests(self.step_dir(step))
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump({"step": step, "finite": bool(finite), "files": files}, f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+  def last_good_step(self) -> Optional[int]:
+    """The newest step whose manifest says it was saved with finite parameters."""
+    good = [s for s in self.all_steps() if (self.manifest(s) or {}).get("finite") is True]
+    return good[-1] if good else None
+
+  def _retain(self) -> None:
+    """Deletes steps beyond the newest `keep`, but never the newest verified-good one."""
+    import jax   # pylint: disable=g-import-not-at-top
+    if self.keep is None or jax.process_index() != 0:
+      return
+    steps = sorted(self._manager.all_steps())
+    keep = set(steps[-self.keep:])
+    good = self.last_good_step()
+    if good is not None:
+      keep.add(good)
+    doomed = [s for s in steps if s not in keep]
+    for step in doomed:
+      shutil.rmtree(self.step_dir(step), ignore_errors=True)
+    if doomed:
+      self._manager.reload()
+
+  def _remove_partial(self, step: Optional[int]) -> None:
+    """Deletes the temporary directories a failed save left (they hold space)."""
+    import jax   # pylint: disable=g-import-not-at-top
+    if jax.process_index() != 0:
+      return
+    pattern = f"{'*' if step is None else step}.orbax-checkpoint-tmp*"
+    for path in glob.glob(os.path.join(glob.escape(self.directory), pattern)):
+      shutil.rmtree(path, ignore_errors=True)
 
   @contextlib.contextmanager
   def _write_errors(self, step: Optional[int]):
-    """Turns a failed write (disk full, permissions, ...) into a `CheckpointError` that
-    names the directory and says which checkpoint is still good. Orbax writes into a
+    """Turns a failed write (disk full, permissions, ...) into a one-line `CheckpointError`
+    that names the directory and says which checkpoint is still good. Orbax writes into a
     temporary directory and renames it only when complete, so a failed or killed save never
-    touches the checkpoints already there."""
+    touches the checkpoints already there; the failed save's temporary directory is
+    removed."""
     try:
       yield
-    except OSError as e:
-      good = [s for s in self.all_steps() if s != step]
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      reason = _write_reason(e)
+      if reason is None:
+        raise
+      self._pending, self._in_flight = {}, None
+      self._remove_partial(None)
+      try:
+        self._manager.reload()
+        good = [s for s in sorted(self._manager.all_steps()) if s != step]
+      except Exception:  # pylint: disable=broad-except
+        good = []
       raise CheckpointError(
           f"cannot write the checkpoint{'' if step is None else f' of step {step}'} in "
-          f"{self.directory}: {e.strerror or e}; the newest complete checkpoint, "
+          f"{self.directory}: {reason}; the newest complete checkpoint, "
           f"{'step ' + str(good[-1]) if good else 'none'}, is untouched") from e
 
   def has_data_state(self, step: int) -> bool:
     """Whether the checkpoint of `step` holds a data iterator position."""
     return os.path.isdir(os.path.join(self.directory, str(step), "data"))
 
+  def _check_access(self, step: int) -> None:
+    """Raises `CheckpointAccessError` naming the first file or directory of `step` that
+    this user may not read (permissions are not corruption: nothing is renamed)."""
+    top = self.step_dir(step)
+    for root, dirs, files in os.walk(top, onerror=lambda e: None):
+      for path, mode in ([(root, os.R_OK | os.X_OK)]
+                         + [(os.path.join(root, f), os.R_OK) for f in files]):
+        if not os.access(path, mode):
+          raise CheckpointAccessError(
+              f"cannot read the checkpoint of step {step}: permission denied on {path}; fix "
+              f"its permissions (the checkpoint is left as it is)")
+    if not os.access(top, os.R_OK | os.X_OK):
+      raise CheckpointAccessError(
+          f"cannot read the checkpoint of step {step}: permission denied on {top}; fix its "
+          f"permissions (the checkpoint is left as it is)")
+
+  def verify(self, step: int) -> None:
+    """Checks `step`'s files against its manifest (when it has one).
+
+    Raises:
+      CheckpointError: naming the first file that is missing, has another size or another
+        checksum than when it was saved.
+    """
+    manifest = self.manifest(step)
+    if manifest is None:
+      return
+    expected = manifest.get("files") or {}
+    try:
+      actual = _digests(self.step_dir(step))
+    except PermissionError as e:
+      raise CheckpointAccessError(
+          f"cannot read the checkpoint of step {step}: permission denied on {e.filename}; "
+          f"fix its permissions (the checkpoint is left as it is)") from e
+    except OSError as e:
+      raise CheckpointError(f"cannot read the checkpoint of step {step} in {self.directory}: "
+                            f"{e.strerror or e} ({e.filename})") from e
+    for rel in sorted(set(expected) | set(actual)):
+      if rel not in actual:
+        problem = "is missing"
+      elif rel not in expected:
+        continue   # Orbax may add files after the save (e.g. metadata); not checked
+      elif actual[rel][0] != expected[rel][0]:
+        problem = f"holds {actual[rel][0]} bytes instead of {expected[rel][0]}"
+      elif actual[rel][1] != expected[rel][1]:
+        problem = "does not match its checksum (same size, other bytes)"
+      else:
+        continue
+      raise CheckpointError(f"the checkpoint of step {step} in {self.directory} is corrupt: "
+                            f"{rel} {problem}")
+
   def restore(self, abstract_state: Any, step: Optional[int] = None,
               data_iterator: Optional[Any] = None) -> Any:
     """Restores the state at `step` (default: latest) into the structure of `abstract_state`.
 
     With `data_iterator`, also moves that Grain iterator (in place) to the saved position.
+    The step's files are checked against its manifest first, and every restored value must
+    be finite.
 
     Raises:
+      CheckpointAccessError: a file of the step may not be read (permissions).
       CheckpointError: when there is no checkpoint or it cannot be read (corrupt, partial,
-        written by a different model configuration).
+        non-finite, written by a different model configuration).
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint found in {self.directory}")
-    if step not in self._manager.all_steps():
+    if step not in self.all_steps():
       raise CheckpointError(
           f"no checkpoint for step {step} in {self.directory}; found {self.all_steps()}")
+    self._check_access(step)
+    self.verify(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       if not self.has_data_state(step):
@@ -91,28 +356,42 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except PermissionError as e:
+      raise CheckpointAccessError(
+          f"cannot read the checkpoint of step {step}: permission denied on {e.filename}; "
+          f"fix its permissions (the checkpoint is left as it is)") from e
     except Exception as e:  # Orbax raises many types for unreadable data.
+      if "PERMISSION_DENIED" in str(e):
+        raise CheckpointAccessError(
+            f"cannot read the checkpoint of step {step} in {self.directory}: permission "
+            f"denied ({_one_line(e, 200)}); fix its permissions") from e
       raise CheckpointError(
           f"cannot restore the checkpoint of step {step} in {self.directory}: "
-          f"{type(e).__name__}: {e}") from e
+          f"{type(e).__name__}: {_one_line(e)}") from e
+    bad, total = count_non_finite(restored.state)
+    if bad:
+      raise CheckpointError(f"the checkpoint of step {step} in {self.directory} holds "
+                            f"{bad:,} non-finite value(s) (NaN or infinite) of {total:,}")
     return restored.state
 
   def restore_latest_good(self, abstract_state: Any,
                           data_iterator_factory: Optional[Any] = None,
                           warn: Any = None) -> tuple[int, Any, Optional[Any]]:
-    """Restores the newest checkpoint that reads back, falling back to older ones.
+    """Restores the newest checkpoint that reads back and is intact, falling back to older
+    ones.
 
     Args:
       abstract_state: the structure (and shardings) to restore into.
       data_iterator_factory: called once per attempt for a fresh Grain iterator whose
         position is restored with the state (None: state only).
-      warn: called with a message for each checkpoint that cannot be read (default: print
-        to stderr).
+      warn: called with a one-line message for each checkpoint that cannot be read or is
+        corrupt (default: print to stderr).
 
     Returns:
-      `(step, state, data_iterator)` of the newest readable checkpoint.
+      `(step, state, data_iterator)` of the newest good checkpoint.
 
     Raises:
+      CheckpointAccessError: a checkpoint may not be read (permissions); nothing is renamed.
       CheckpointError: naming the directory and each checkpoint's problem, when none reads.
     """
     if warn is None:
@@ -122,6 +401,8 @@ class Checkpointer:
       iterator = data_iterator_factory() if data_iterator_factory else None
       try:
         state = self.restore(abstract_state, step, data_iterator=iterator)
+      except CheckpointAccessError:
+        raise
       except CheckpointError as e:
         problems.append(f"step {step}: {e}")
         unreadable.append(step)
@@ -131,6 +412,10 @@ class Checkpointer:
         continue
       if unreadable:
         self._set_aside(unreadable)
+      import jax   # pylint: disable=g-import-not-at-top
+      if self.manifest(step) is None and jax.process_index() == 0:
+        with contextlib.suppress(OSError):   # read back whole and finite: now verified
+          self._write_manifest(step, True)
       return step, state, iterator
     if not problems:
       raise CheckpointError(f"no checkpoint found in {self.directory}")
@@ -152,12 +437,15 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    """Blocks until asynchronous saves have finished."""
-    with self._write_errors(None):
+    """Blocks until asynchronous saves have finished (and seals them)."""
+    with self._write_errors(self._in_flight):
       self._manager.wait_until_finished()
+      self._seal()
+    self._in_flight = None
 
   def close(self) -> None:
     """Finishes pending saves and releases the manager."""
-    with self._write_errors(None):
-      self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()

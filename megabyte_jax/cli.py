@@ -21,6 +21,12 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as e:
     sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
+  except SyntaxError as e:   # a config file that is not Python (or holds NUL bytes)
+    where = f" ({e.filename}, line {e.lineno})" if e.filename else ""
+    sys.exit(f"error: cannot load the --config file: {e.msg}{where}")
+  except UnicodeDecodeError as e:
+    sys.exit(f"error: cannot load the --config file: it is not UTF-8 text ({e.reason} at "
+             f"byte {e.start})")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     message = e.args[0] if e.args else str(e)
     message = str(message).replace("\\n", " ").replace("\\'", "'")
@@ -28,3 +34,6 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     while len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
       message = message[1:-1]   # KeyError reprs quote their message, sometimes twice
     sys.exit(f"error: bad --config override: {message}")
+  except Exception as e:  # pylint: disable=broad-except (e.g. a config file that raises)
+    message = " ".join(str(e).split())
+    sys.exit(f"error: cannot load the --config file: {type(e).__name__}: {message}")

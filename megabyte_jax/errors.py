@@ -40,3 +40,7 @@ class Preempted(MegabyteError):
   def __init__(self, message: str, signum: int, step: int):
     super().__init__(message)
     self.signum, self.step = signum, step
+
+
+class WorkdirLocked(MegabyteError, RuntimeError):
+  """Another trainer holds the work directory's lock (`DIR/train.lock`)."""

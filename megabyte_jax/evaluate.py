@@ -17,13 +17,14 @@ bytes more left context (`megabyte_jax.scoring.strided_windows`). It costs about
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from absl import app, flags
 from megabyte_jax.data import load_byte_data, load_eval_files, validation_documents
 from megabyte_jax.data.local_files import check_eval_memory, read_documents, resolve_files
 from megabyte_jax.cli import parse_flags, quiet_logging
-from megabyte_jax.errors import InputError, MegabyteError
+from megabyte_jax.errors import CheckpointError, InputError, MegabyteError
 from megabyte_jax.scoring import (check_stride, evaluate_windows, make_eval_step,
                                   strided_windows)
 from megabyte_jax.workdir import load_trained
@@ -72,6 +73,10 @@ def main(argv):
       windows, files, source = data.eval, data.eval_files, f"{config.data.files} (validation)"
     batch = _BATCH.value or config.eval.batch_size
     result = evaluate_windows(make_eval_step(model), params, windows, batch)
+    if not math.isfinite(result["bpb"]):
+      raise CheckpointError(f"the model of step {step} in {_WORKDIR.value} gives a "
+                            f"non-finite bits per byte ({result['bpb']}); its parameters or "
+                            f"the data are broken")
   except MegabyteError as e:
     sys.exit(f"error: {e}")
   report = {"bpb": round(result["bpb"], 6), "bytes": result["bytes"], "files": files,

@@ -120,6 +120,8 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.data.encoding = "mulaw8"         # audio: "mulaw8", "pcm16" or "pcm8"
   config.data.sample_rate = config_dict.placeholder(int)  # audio: required rate, optional
   config.data.feature = config_dict.placeholder(str)      # catalog datasets: which feature
+  config.data.skip_unreadable = False     # True: leave out (with a warning) files and
+                                          # directories that cannot be read, not stop
   config.data.read_threads = 0            # threads reading documents ahead of packing
   config.data.prefetch = 4                # batches prepared ahead (0: none)
   config.data.workers = 0                 # packing processes (0: one background thread)

@@ -7,6 +7,8 @@ import math
 import os
 from typing import Any, Mapping, Optional
 
+from megabyte_jax.errors import TrainingError
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -35,7 +37,10 @@ class MetricWriter:
       return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, METRICS_FILE)
-    self._file = open(self.path, "a", encoding="utf-8")
+    try:
+      self._file = open(self.path, "a", encoding="utf-8")
+    except OSError as e:
+      raise TrainingError(f"cannot open {self.path} for the metrics: {e.strerror or e}") from e
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
@@ -46,8 +51,13 @@ class MetricWriter:
       return
     record = {"step": int(step)}
     record.update({k: _plain(v) for k, v in metrics.items()})
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+    except OSError as e:
+      raise TrainingError(f"cannot write the metrics of step {step} to {self.path}: "
+                          f"{e.strerror or e}; training stops, the checkpoints already "
+                          f"written are untouched") from e
     if self._tb is not None:
       for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -57,7 +67,11 @@ class MetricWriter:
   def close(self) -> None:
     """Flushes and closes both outputs."""
     if self._file is not None:
-      self._file.close()
+      try:
+        self._file.close()
+      except OSError:   # already reported by `write`, or nothing left to say
+        pass
+      self._file = None
     if self._tb is not None:
       self._tb.close()
 

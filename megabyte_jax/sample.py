@@ -31,6 +31,8 @@ Importing this module defines no command-line flags; running it does.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import time
 from typing import Any, Optional, Sequence, TextIO
@@ -40,6 +42,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from megabyte_jax.cli import parse_flags, quiet_logging
+from megabyte_jax.data.local_files import _kind
 from megabyte_jax.errors import InputError, MegabyteError
 from megabyte_jax.generation import generate
 from megabyte_jax.workdir import load_trained
@@ -86,8 +89,11 @@ def read_prompt(prompt: Optional[str] = None, prompt_file: Optional[str] = None
   if prompt is not None and prompt_file:
     raise InputError("give --prompt or --prompt_file, not both")
   if prompt_file:
-    try:
-      with open(prompt_file, "rb") as f:
+    try:   # non-blocking: a FIFO must not wait for a writer
+      with open(prompt_file, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK)) as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+          raise InputError(f"--prompt_file {prompt_file} is {_kind(prompt_file)}, not a "
+                           f"regular file")
         return f.read()
     except OSError as e:
       raise InputError(f"cannot read --prompt_file {prompt_file}: {e.strerror or e}") from e
@@ -98,6 +104,51 @@ def read_prompt(prompt: Optional[str] = None, prompt_file: Optional[str] = None
   except UnicodeEncodeError as e:
     raise InputError(f"--prompt is not text: {e.reason} at character {e.start} "
                      f"({prompt[e.start]!r}); put raw bytes in a --prompt_file") from None
+
+
+def check_output_path(workdir: str, output: str) -> None:
+  """Refuses an `--output` that is one of the run's own files (its config, metrics, lock,
+  checkpoints or TensorBoard events), which writing would destroy.
+
+  Raises:
+    InputError: naming the file.
+  """
+  from megabyte_jax.checkpoint import CHECKPOINT_SUBDIR  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.metrics import METRICS_FILE  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.workdir import CONFIG_FILE  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.workdir_lock import LOCK_FILE  # pylint: disable=g-import-not-at-top
+  target = os.path.realpath(output)
+  home = os.path.realpath(workdir)
+  for name in (CONFIG_FILE, METRICS_FILE, LOCK_FILE):
+    if target == os.path.join(home, name):
+      raise InputError(f"--output {output} is the run's own {name}; write somewhere else")
+  for name in (CHECKPOINT_SUBDIR, "tb"):
+    inside = os.path.join(home, name)
+    if target == inside or target.startswith(inside + os.sep):
+      raise InputError(f"--output {output} is inside the run's {name}/ folder; write "
+                       f"somewhere else")
+
+
+# Sampling keeps a few int32 and float32 rows of the whole prompt + continuation per sample
+# (the output tokens, their copy on the host, the sliding window's bookkeeping).
+SAMPLE_BYTES_PER_BYTE = 16
+
+
+def check_sample_memory(num_samples: int, total_bytes: int, limit: Optional[int] = None
+                        ) -> None:
+  """Refuses a generation whose buffers would not fit in memory (half of it by default).
+
+  Raises:
+    InputError: naming the size needed and the limit.
+  """
+  from megabyte_jax.data.local_files import eval_memory_limit  # pylint: disable=g-import-not-at-top
+  why = " (half of this machine's memory)" if limit is None else ""
+  limit = eval_memory_limit() if limit is None else limit
+  need = num_samples * total_bytes * SAMPLE_BYTES_PER_BYTE
+  if need > limit:
+    raise InputError(f"generating {num_samples} x {total_bytes:,} bytes needs about "
+                     f"{need / 2**30:.1f} GiB, more than the {limit / 2**30:.1f} GiB "
+                     f"allowed{why}: ask for fewer --num_bytes or --num_samples")
 
 
 def _stop_bytes(values: Optional[Sequence[Any]]) -> Optional[list[int]]:
@@ -171,7 +222,11 @@ def run_sample(workdir: str, prompt: Optional[str] = None, prompt_file: Optional
   png = bool(output) and output.lower().endswith(".png")
   if png and num_samples > 1:
     raise InputError("--output=*.png writes one image; use --num_samples=1")
+  if output:
+    check_output_path(workdir, output)
   given = read_prompt(prompt, prompt_file)
+  if num_bytes is not None:
+    check_sample_memory(num_samples, len(given or b"") + num_bytes)
   stops = _stop_bytes(stop_bytes)
   config, model, params, step = load_trained(workdir, step)
   image = _image_format(config, model.config) if png else None
@@ -185,6 +240,7 @@ def run_sample(workdir: str, prompt: Optional[str] = None, prompt_file: Optional
   if prompt_bytes.size + num_bytes > MAX_TOTAL_BYTES:
     raise InputError(f"the prompt ({prompt_bytes.size:,} bytes) plus --num_bytes={num_bytes:,} "
                      f"is more than {MAX_TOTAL_BYTES:,} bytes")
+  check_sample_memory(num_samples, prompt_bytes.size + num_bytes)
   temperature = config.sample.temperature if temperature is None else temperature
   top_k = config.sample.top_k if top_k is None else top_k
   rows = np.broadcast_to(prompt_bytes, (num_samples, prompt_bytes.size))

@@ -13,6 +13,8 @@ checkpoint before stopping, so nothing is lost.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import threading
@@ -27,12 +29,14 @@ from ml_collections import config_flags
 import numpy as np
 
 from megabyte_jax import checkpoint as checkpoint_lib
+from megabyte_jax import config_checks
 from megabyte_jax import data as data_lib
 from megabyte_jax import scoring as evaluate_lib
 from megabyte_jax import metrics as metrics_lib
 from megabyte_jax import sampling
 from megabyte_jax import train_state as state_lib
 from megabyte_jax import workdir as workdir_lib
+from megabyte_jax import workdir_lock
 from megabyte_jax.cli import parse_flags, quiet_logging
 from megabyte_jax.errors import ConfigError, MegabyteError, Preempted, TrainingError
 from megabyte_jax.losses import LN2
@@ -49,18 +53,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", None, "Call jax.distributed.initialize() before training (multi-host "
     "runs). Default: when the environment asks for it (JAX_COORDINATOR_ADDRESS, a multi-host "
     "TPU slice, SLURM).")
-
-
-def _check_train_config(config: ml_collections.ConfigDict) -> None:
-  t = config.train
-  for name in ("steps", "batch_size", "log_every", "keep_checkpoints", "checkpoint_every"):
-    if int(t[name]) <= 0:
-      raise ConfigError(f"train.{name} must be positive, got {t[name]}")
-  for name in ("eval_every", "eval_batches"):
-    if int(t[name]) < 0:
-      raise ConfigError(f"train.{name} must be >= 0 (0 disables), got {t[name]}")
-  if int(config.eval.batch_size) <= 0:
-    raise ConfigError(f"eval.batch_size must be positive, got {config.eval.batch_size}")
 
 
 # In a multi-process run every process must stop at the same step boundary (the save is a
@@ -150,16 +142,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   metrics and progress.
   """
   config = workdir_lib.resolve_config(workdir, config)
-  _check_train_config(config)
+  config_checks.check_config(config)   # before anything is written
   model, model_cfg = build_model(config.model)
   is_main = jax.process_index() == 0          # logs, metrics and config from one process
   mesh = sharding_lib.make_mesh(config.get("mesh"))
   sharding_lib.check_model_fits_mesh(model_cfg, mesh)
   data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  data = data_lib.load_byte_data(config.data, model_cfg.seq_len, model_cfg.patch_size)
-  if is_main:
-    workdir_lib.save_config(workdir, config)
-
   t = config.train
   if t.batch_size % jax.process_count():
     raise ConfigError(f"train.batch_size={t.batch_size} must be a multiple of the number of "
@@ -172,6 +160,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise ConfigError(f"train.batch_size={t.batch_size} must split into "
                       f"train.grad_accum_steps={grad_accum} microbatches that are each a "
                       f"multiple of the mesh's data x fsdp size ({data_shards})")
+  lock = workdir_lock.WorkdirLock(workdir, enabled=is_main).acquire()
+  had_config = os.path.exists(workdir_lib.config_path(workdir))
+  try:
+    return _train_locked(config, workdir, progress, model, model_cfg, mesh, data_shards,
+                         grad_accum, is_main)
+  except BaseException:
+    # A start that fails before its first checkpoint must not leave the workdir bound to a
+    # model it never trained.
+    if is_main and not had_config and not _has_checkpoints(workdir):
+      with contextlib.suppress(OSError):
+        os.remove(workdir_lib.config_path(workdir))
+    raise
+  finally:
+    lock.release()
+
+
+def _finish_saves(checkpointer: checkpoint_lib.Checkpointer) -> str:
+  """Waits for the save in flight, if any; returns the newest complete checkpoint in words
+  ("step N" or "none"). A save that fails here is reported by the error that follows."""
+  try:
+    checkpointer.wait()
+  except MegabyteError as e:
+    print(f"warning: {e}", file=sys.stderr, flush=True)
+  try:
+    newest = checkpointer.latest_step()
+  except MegabyteError:
+    newest = None
+  return "none" if newest is None else f"step {newest}"
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  directory = os.path.join(workdir, checkpoint_lib.CHECKPOINT_SUBDIR)
+  try:
+    return any(name.isdigit() for name in os.listdir(directory))
+  except OSError:
+    return False
+
+
+def _train_locked(config, workdir, progress, model, model_cfg, mesh, data_shards, grad_accum,
+                  is_main) -> dict:
+  """`train_and_evaluate` once the config is checked and the workdir locked."""
+  t = config.train
+  data = data_lib.load_byte_data(config.data, model_cfg.seq_len, model_cfg.patch_size)
   dataset = data_lib.training_batches(
       data.train, model_cfg.seq_len, t.batch_size // jax.process_count(), seed=config.seed,
       separator=data_lib.separator_of(config.data),
@@ -192,6 +223,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       start, state, train_iter = checkpointer.restore_latest_good(
           state_lib.abstract_train_state(model, model_cfg.seq_len, optimizer, state_sharding),
           data_iterator_factory=lambda: iter(dataset))
+  if is_main:
+    try:
+      workdir_lib.save_config(workdir, config)
+    except OSError as e:
+      raise ConfigError(f"cannot write {workdir_lib.config_path(workdir)}: "
+                        f"{e.strerror or e}") from e
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
   dropout = model_cfg.dropout > 0 or model_cfg.embed_dropout > 0
   train_step = make_train_step(model, optimizer, config.seed, dropout,
@@ -253,11 +290,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           bad_in_a_row = bad_in_a_row + 1 if bad else 0
         skipped_total += int(skipped.sum())
         if bad_in_a_row >= max_bad:
+          newest = _finish_saves(checkpointer)
           raise TrainingError(
               f"{bad_in_a_row} training steps in a row had a non-finite loss or gradient "
               f"(up to step {step}); their updates were skipped, and training stops here. "
-              f"The parameters are those of the last good update; the newest checkpoint is "
-              f"step {checkpointer.latest_step()} in {checkpointer.directory}. Lower "
+              f"The parameters are those of the last good update; the newest complete "
+              f"checkpoint is {newest} in {checkpointer.directory}. Lower "
               f"train.learning_rate or check the data (train.max_bad_steps={max_bad})")
         good = ~skipped
         loss = float(losses[good].mean()) if good.any() else float("nan")
@@ -299,6 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     bar.close()
     writer.close()
     train_iter.close()
+    _finish_saves(checkpointer)   # never abandon a save in flight
     raise
   finally:
     stop.restore()

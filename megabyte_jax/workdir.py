@@ -34,11 +34,18 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   """Writes `config` as JSON to `DIR/config.json` (atomically); returns the path."""
   os.makedirs(workdir, exist_ok=True)
   path = config_path(workdir)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)   # readers see the old file or the new one, never a part
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
   return path
 
 

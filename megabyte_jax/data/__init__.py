@@ -65,10 +65,14 @@ def split_file_lists(data_cfg) -> tuple[list[str], list[str]]:
   Raises:
     DataError: no matching files, or an empty split.
   """
-  root, files = resolve_files(data_cfg.files, max_file_bytes=None)   # large: memory-mapped
+  skip = bool(data_cfg.get("skip_unreadable", False))
+  root, files = resolve_files(data_cfg.files, max_file_bytes=None,   # large: memory-mapped
+                              skip_unreadable=skip)
   if data_cfg.get("eval_files"):
-    train_files = files
-    _, eval_files = resolve_files(data_cfg.eval_files, max_file_bytes=None)
+    _, eval_files = resolve_files(data_cfg.eval_files, max_file_bytes=None,
+                                  skip_unreadable=skip)
+    held_out = set(eval_files)   # real paths: a file is never in both splits
+    train_files = [f for f in files if f not in held_out]
   else:
     train_files, eval_files = split_files(root, files, data_cfg.eval_fraction,
                                           data_cfg.split_seed)

@@ -33,6 +33,7 @@ Faults (see RELIABILITY.md):
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import glob
 import hashlib
 import logging
@@ -75,12 +76,91 @@ def _kind(path: str) -> str:
   return "a directory" if stat.S_ISDIR(mode) else "not a regular file"
 
 
-def resolve_files(pattern: str, max_file_bytes: Optional[int] = MAX_RECORD_BYTES
-                  ) -> tuple[str, list[str]]:
+def _walk(top: str, skip_unreadable: bool) -> list[str]:
+  """Every entry below `top` but hidden ones (as `glob`'s `**` sees them), following
+  symbolic links to directories but entering each real directory once, so a link loop
+  (`a/loop -> ..`) adds nothing.
+
+  Raises:
+    DataError: naming a directory that cannot be listed (unless `skip_unreadable`, which
+      skips it with a warning).
+  """
+  seen, out, stack = set(), [], [top]
+  while stack:
+    directory = stack.pop()
+    try:
+      info = os.stat(directory)
+      if (info.st_dev, info.st_ino) in seen:
+        continue
+      seen.add((info.st_dev, info.st_ino))
+      with os.scandir(directory) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+      if skip_unreadable:
+        log.warning("skipping the unreadable directory %s: %s (data.skip_unreadable)",
+                    directory, e.strerror or e)
+        continue
+      raise DataError(f"cannot read the directory {directory}: {e.strerror or e} (fix its "
+                      f"permissions, narrow data.files, or set data.skip_unreadable=True to "
+                      f"leave such directories out)") from e
+    for entry in entries:
+      if entry.name.startswith("."):
+        continue
+      out.append(entry.path)
+      try:
+        is_dir = entry.is_dir(follow_symlinks=True)
+      except OSError:
+        is_dir = False
+      if is_dir:
+        stack.append(entry.path)
+  return out
+
+
+def _match(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+  """Whether path components match glob components (`**`: any number of directories)."""
+  if not pattern:
+    return not parts
+  if pattern[0] == "**":
+    return _match(parts, pattern[1:]) or (bool(parts) and _match(parts[1:], pattern))
+  return (bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0])
+          and _match(parts[1:], pattern[1:]))
+
+
+def _recursive_glob(pattern: str, skip_unreadable: bool) -> list[str]:
+  """`glob.glob(pattern, recursive=True)` without following link loops and without passing
+  over unreadable directories in silence."""
+  parts = pattern.split(os.sep)
+  fixed = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+  base = os.sep.join(parts[:fixed]) or (os.sep if pattern.startswith(os.sep) else ".")
+  if not os.path.isdir(base):
+    return []
+  rest = [p for p in parts[fixed:] if p]
+  out = []
+  for path in _walk(base, skip_unreadable):
+    rel = os.path.relpath(path, base).split(os.sep)
+    if _match(rel, rest):
+      out.append(path if base != "." else os.path.relpath(path))
+  return out
+
+
+def _readable(path: str) -> Optional[str]:
+  """None when `path` opens for reading, else the reason."""
+  try:
+    os.close(_open_nonblocking(path, os.O_RDONLY))
+    return None
+  except OSError as e:
+    return e.strerror or str(e)
+
+
+def resolve_files(pattern: str, max_file_bytes: Optional[int] = MAX_RECORD_BYTES,
+                  skip_unreadable: bool = False) -> tuple[str, list[str]]:
   """Expands a file pattern into `(root, sorted file paths)`.
 
-  Only regular files (or symbolic links to them) are kept. Directories are passed over;
-  other matches (broken links, FIFOs, sockets, devices) are skipped with a warning.
+  Only regular files (or symbolic links to them) are kept, each once: paths are resolved
+  to real paths (`os.path.realpath`) and a file reached by several paths (symbolic links)
+  counts once. Symbolic links to directories are followed, but every real directory is
+  entered once, so link loops add nothing. Directories are passed over; other matches
+  (broken links, FIFOs, sockets, devices) are skipped with a warning.
 
   Args:
     pattern: `"stdlib"` (every `.py` file of the standard library, installed packages
@@ -88,10 +168,12 @@ def resolve_files(pattern: str, max_file_bytes: Optional[int] = MAX_RECORD_BYTES
     max_file_bytes: refuse files larger than this; the default, `MAX_RECORD_BYTES`, is what
       one record of a prepared dataset can hold. None: no limit (local files are read or
       memory-mapped, whatever their size).
+    skip_unreadable: skip directories that cannot be listed and files that cannot be
+      opened, with a warning naming them, instead of stopping (`data.skip_unreadable`).
 
   Raises:
-    DataError: when no regular file matches, or a file is larger than `max_file_bytes`
-      (naming the file and the limit).
+    DataError: when no regular file matches, a directory below the pattern cannot be
+      listed, or a file is larger than `max_file_bytes` (naming the file and the limit).
   """
   if pattern == STDLIB:
     root = stdlib_root()
@@ -101,13 +183,33 @@ def resolve_files(pattern: str, max_file_bytes: Optional[int] = MAX_RECORD_BYTES
     expanded = os.path.expanduser(pattern)
     if os.path.isdir(expanded):
       root = expanded
-      files = glob.glob(os.path.join(expanded, "**", "*"), recursive=True)
+      files = _walk(expanded, skip_unreadable)
     else:
-      files = glob.glob(expanded, recursive=True)
+      if "**" in expanded:
+        files = _recursive_glob(expanded, skip_unreadable)
+      else:
+        files = glob.glob(expanded)
       root = os.path.commonpath(files) if files else ""
   regular = [f for f in files if os.path.isfile(f)]
   others = sorted(f for f in files if not os.path.isfile(f) and not os.path.isdir(f))
-  files = sorted(regular)
+  real, duplicates = {}, 0
+  for path in sorted(regular):
+    key = os.path.realpath(path)
+    if key in real:
+      duplicates += 1
+    else:
+      real[key] = path
+  if duplicates:
+    log.warning("%d match(es) of %r are the same file as another match (symbolic links); "
+                "each file is read once", duplicates, pattern)
+  files = sorted(real)
+  if skip_unreadable:
+    refused = [(f, _readable(f)) for f in files]
+    refused = [(f, why) for f, why in refused if why]
+    if refused:
+      log.warning("skipping %d unreadable file(s) of %r (data.skip_unreadable): %s",
+                  len(refused), pattern, ", ".join(f"{f} ({why})" for f, why in refused[:5]))
+      files = [f for f in files if f not in dict(refused)]
   if not files and others:
     raise DataError(f"no regular files match {pattern!r}: {others[0]} is {_kind(others[0])}")
   if not files:
@@ -130,7 +232,7 @@ def resolve_files(pattern: str, max_file_bytes: Optional[int] = MAX_RECORD_BYTES
             f"data.name=local_files, which memory-maps large files, or split the file")
   if os.path.isfile(root):
     root = os.path.dirname(root)
-  return root, files
+  return (os.path.realpath(root) if root else root), files
 
 
 def split_files(root: str, files: Sequence[str], eval_fraction: float,
@@ -144,7 +246,8 @@ def split_files(root: str, files: Sequence[str], eval_fraction: float,
   train, evaluation = [], []
   for path in files:
     rel = os.path.relpath(path, root) if root else path
-    digest = hashlib.sha256(f"{seed}:{rel}".encode()).digest()
+    # surrogateescape: file names that are not UTF-8 hash as the bytes they are
+    digest = hashlib.sha256(f"{seed}:{rel}".encode("utf-8", "surrogateescape")).digest()
     bucket = int.from_bytes(digest[:8], "little") / 2.0**64
     (evaluation if bucket < eval_fraction else train).append(path)
   return train, evaluation
