@@ -37,6 +37,17 @@ _GLOBAL_TO_LOCAL = ("slice", "full")
 _PATCH_EMBEDS = ("concat", "linear")
 _BYTE_SHIFTS = ("patch", "sequence")
 
+# The paper's own formulation of MEGABYTE (Section 2, Figure 2) where our defaults differ
+# (they follow the learning comparison with MEGABYTE-pytorch, RESULTS.md, 2026-12):
+# concatenated byte embeddings as the global input, one projection shared by the slices of
+# each global output, a pad at the start of every local patch, no token shift.
+PAPER_FORMULATION = dict(token_shift=False, global_to_local="slice", patch_embed="concat",
+                         byte_shift="patch")
+# The defaults of the fields above and of `embed_init_std` before 2026-12: a saved config
+# without these fields (written before they existed) describes a model built this way.
+LEGACY_MEGABYTE_DEFAULTS = dict(embed_init_std=0.02, **PAPER_FORMULATION)
+LEGACY_TRANSFORMER_DEFAULTS = dict(embed_init_std=0.02, token_shift=False)
+
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -208,8 +219,9 @@ class MegabyteConfig(_CommonConfig):
       MEGABYTE-pytorch does).
     patch_embed: the global model's input. "concat" (the paper): byte embeddings of
       `global_dim / patch_size` plus positions, concatenated per patch. "linear": byte
-      embeddings of `local_dim` plus positions, concatenated, then LayerNorm, a dense layer
-      to `global_dim` and LayerNorm (MEGABYTE-pytorch's patch embedder).
+      embeddings of `local_dim` plus positions (through the convolutional encoder, if
+      any), concatenated, then LayerNorm, a dense layer to `global_dim` and LayerNorm
+      (MEGABYTE-pytorch's patch embedder; `megabyte.PatchProjection`).
     byte_shift: what the local model (and each middle level) reads at the first position
       of a patch. "patch" (the paper): a learned pad, so the first byte of every patch is
       predicted from the global model's output alone. "sequence": the last byte of the
@@ -236,16 +248,16 @@ class MegabyteConfig(_CommonConfig):
   dtype: str = "float32"
   param_dtype: str = "float32"
   init_std: Optional[float] = None
-  embed_init_std: float = 0.02
-  token_shift: bool = False
+  embed_init_std: float = 1.0
+  token_shift: bool = True
   tie_embeddings: bool = False
   use_bias: bool = True
   attention_impl: str = "auto"
   remat: str = "none"
   scan_layers: bool = False
-  global_to_local: str = "slice"
-  patch_embed: str = "concat"
-  byte_shift: str = "patch"
+  global_to_local: str = "full"
+  patch_embed: str = "linear"
+  byte_shift: str = "sequence"
   patch_sizes: tuple[int, ...] = ()
   mid_dims: tuple[int, ...] = ()
   mid_layers: tuple[int, ...] = ()
@@ -271,9 +283,6 @@ class MegabyteConfig(_CommonConfig):
       raise ConfigError(f"patch_embed must be one of {_PATCH_EMBEDS}, got {self.patch_embed!r}")
     if self.byte_shift not in _BYTE_SHIFTS:
       raise ConfigError(f"byte_shift must be one of {_BYTE_SHIFTS}, got {self.byte_shift!r}")
-    if self.patch_embed == "linear" and self.conv_kernel_sizes:
-      raise ConfigError("patch_embed='linear' cannot be combined with conv_kernel_sizes (the "
-                        "convolutional encoder works on the concatenated embeddings)")
     if self.patch_sizes:
       if self.seq_len % self.patch_size:
         raise ConfigError(
@@ -327,6 +336,12 @@ class MegabyteConfig(_CommonConfig):
   def byte_global_dim(self) -> int:
     """D_G = global_dim / patch_size, the global embedding width of one byte."""
     return self.global_dim // self.patch_size
+
+  @property
+  def global_embed_dim(self) -> int:
+    """Width of each byte's global embedding (and position): D_G with
+    `patch_embed="concat"`, `local_dim` with "linear"."""
+    return self.byte_global_dim if self.patch_embed == "concat" else self.local_dim
 
   @property
   def global_attention_head_dim(self) -> int:

@@ -45,7 +45,8 @@ from megabyte_jax.layers import (CACHE_AXES, ByteHead, CausalConvEncoder, KVCach
                                  TransformerStack, byte_embedding, cross_patch_cache_len,
                                  init_stack_cache, make_norm, shift_right)
 from megabyte_jax.megabyte import (Megabyte, conv_encoder, global_spec, level_dim, level_name,
-                                   level_spec, local_spec)
+                                   level_spec, local_spec, patch_projection,
+                                   project_to_children)
 from megabyte_jax.transformer import ByteTransformer, stack_spec
 
 __all__ = ["ByteTransformerDecoder", "MegabyteDecoder", "cast_matmul_weights", "decoder_for",
@@ -118,8 +119,9 @@ class MegabyteDecoder:
     self.global_spec, self.local_spec = global_spec(cfg), local_spec(cfg)
     self.global_model = TransformerStack(self.global_spec)
     self.local_model = TransformerStack(self.local_spec)
-    dg, dl = cfg.byte_global_dim, cfg.local_dim
+    dg, dl = cfg.global_embed_dim, cfg.local_dim
     self.global_embed = byte_embedding(dg, cfg.init_std, self.dtype, param_dtype, "global_embed")
+    self.patch_projection = (patch_projection(cfg) if cfg.patch_embed == "linear" else None)
     self.local_embed = byte_embedding(dl, cfg.init_std, self.dtype, param_dtype, "local_embed")
     self.head = ByteHead(dl, cfg.init_std, cfg.use_bias, param_dtype)
     self.local_final_norm = make_norm(self.local_spec)
@@ -164,12 +166,12 @@ class MegabyteDecoder:
   def _project(self, params: Any, level: int, g: jax.Array) -> jax.Array:
     """`[batch, n, parent width]` outputs of level `level - 1` -> `[batch, n, S, width]`
     inputs of level `level` (S = `level_patch_sizes[level - 1]`): each output split into S
-    slices, each projected (`global_to_local` with two levels)."""
+    slices, each projected, or the whole output projected once per slice (`global_to_local`
+    with two levels; `megabyte.project_to_children`)."""
     cfg = self.config
-    s = cfg.level_patch_sizes[level - 1]
     name = f"{level_name(cfg, level - 1)}_to_{level_name(cfg, level)}"
-    g = g.reshape(g.shape[0], g.shape[1], s, g.shape[2] // s)
-    return jnp.einsum("bkpg,gl->bkpl", g, params[name].astype(self.dtype))
+    return project_to_children(g, params[name], cfg.level_patch_sizes[level - 1],
+                               cfg.global_to_local, self.dtype)
 
   def _set_child_slices(self, state: dict, level: int, slices: jax.Array) -> dict:
     """`state` with the projected parent slices of level `level` replaced."""
@@ -190,7 +192,14 @@ class MegabyteDecoder:
     x = _embed(self.global_embed, params["global_embed"], tokens) + pos.astype(self.dtype)
     if self.conv is not None:
       x = self.conv.apply({"params": params["patch_encoder"]}, x)
-    return x.reshape(batch, length // self.patch_size, self.config.global_dim)
+    return self._patches(params, x.reshape(batch, length // self.patch_size, -1))
+
+  def _patches(self, params: Any, x: jax.Array) -> jax.Array:
+    """Concatenated byte embeddings `[batch, n, P * D_E]` -> global inputs `[batch, n,
+    global_dim]` (through the `PatchProjection` with `patch_embed="linear"`)."""
+    if self.patch_projection is None:
+      return x
+    return self.patch_projection.apply({"params": params["patch_embed"]}, x)
 
   def _encoded_patch(self, params: Any, history: jax.Array, patch: jax.Array, pos: Any
                      ) -> jax.Array:
@@ -203,7 +212,7 @@ class MegabyteDecoder:
     pos_emb = jnp.take(params["global_pos"], jnp.maximum(positions, 0), axis=0)
     x = _embed(self.global_embed, params["global_embed"], tokens) + pos_emb.astype(self.dtype)
     x = self.conv.apply({"params": params["patch_encoder"]}, x, valid=positions >= 0)
-    return x[:, r:].reshape(batch, 1, self.config.global_dim)
+    return self._patches(params, x[:, r:].reshape(batch, 1, -1))
 
   def _level_inputs(self, params: Any, level: int, tokens: jax.Array, g: jax.Array
                     ) -> jax.Array:
@@ -215,10 +224,12 @@ class MegabyteDecoder:
     batch, n = g.shape[:2]
     s, dim = cfg.level_patch_sizes[level - 1], level_dim(cfg, level)
     g = self._project(params, level, g)
-    y = _embed(self.level_embeds[level], params[f"{name}_embed"], tokens).reshape(
-        batch, n, s, dim)
-    y = shift_right(y, params[f"{name}_pad"], axis=2)
-    return y + g + params[f"{name}_pos"].astype(self.dtype)
+    y = _embed(self.level_embeds[level], params[f"{name}_embed"], tokens)
+    if cfg.byte_shift == "sequence":   # shifted over the whole sequence of units
+      y = shift_right(y.reshape(batch, n * s, dim), params[f"{name}_pad"], axis=1)
+    else:                              # the pad at unit 0 of every parent unit
+      y = shift_right(y.reshape(batch, n, s, dim), params[f"{name}_pad"], axis=2)
+    return y.reshape(batch, n, s, dim) + g + params[f"{name}_pos"].astype(self.dtype)
 
   def prefill(self, params: Any, tokens: jax.Array) -> dict:
     """Runs the known window `tokens [batch, W]` (W < seq_len, static) in one pass.
@@ -252,9 +263,11 @@ class MegabyteDecoder:
       if rest:
         known = tokens[:, complete * psize:]                             # [batch, rest]
         y = _embed(self.local_embed, p["local_embed"], known)
-        local_pad = jnp.broadcast_to(p["local_pad"].astype(self.dtype),
-                                     (batch, 1, cfg.local_dim))
-        y = jnp.concatenate([local_pad, y[:, :-1]], axis=1)
+        first = jnp.broadcast_to(p["local_pad"].astype(self.dtype), (batch, 1, cfg.local_dim))
+        if cfg.byte_shift == "sequence" and complete:   # the last byte of the patch before
+          first = _embed(self.local_embed, p["local_embed"],
+                         tokens[:, complete * psize - 1:complete * psize])
+        y = jnp.concatenate([first, y[:, :-1]], axis=1)
         h = y + g[:, :rest] + p["local_pos"][:rest].astype(self.dtype)
         _, local_cache = self.local_model.apply(
             {"params": p["local_model"]}, h, cache=local_cache, index=0)
@@ -283,7 +296,8 @@ class MegabyteDecoder:
     cfg, p = self.config, params
     i = pos % cfg.local_patch_size
     y = _embed(self.local_embed, p["local_embed"], prev)                    # [batch, D_L]
-    y = jnp.where(i == 0, p["local_pad"].astype(self.dtype)[None], y)
+    first = pos == 0 if cfg.byte_shift == "sequence" else i == 0   # where the pad goes
+    y = jnp.where(first, p["local_pad"].astype(self.dtype)[None], y)
     g_i = jax.lax.dynamic_index_in_dim(state["g"], i, axis=1, keepdims=False)
     local_pos = jax.lax.dynamic_index_in_dim(p["local_pos"], i, axis=0, keepdims=False)
     h = y + g_i + local_pos.astype(self.dtype)                             # [batch, D_L]
@@ -332,7 +346,8 @@ class MegabyteDecoder:
     j = (pos % cfg.unit_sizes[level - 1]) // u
     batch = unit.shape[0]
     y = _embed(self.level_embeds[level], p[f"{name}_embed"], unit).reshape(batch, -1)
-    y = jnp.where(j == 0, p[f"{name}_pad"].astype(self.dtype)[None], y)    # [batch, D]
+    first = pos == 0 if cfg.byte_shift == "sequence" else j == 0   # where the pad goes
+    y = jnp.where(first, p[f"{name}_pad"].astype(self.dtype)[None], y)     # [batch, D]
     g_j = jax.lax.dynamic_index_in_dim(state["mid_g"][level - 1], j, axis=1, keepdims=False)
     pos_j = jax.lax.dynamic_index_in_dim(p[f"{name}_pos"], j, axis=0, keepdims=False)
     h = (y + g_j + pos_j.astype(self.dtype))[:, None]                      # [batch, 1, D]
@@ -441,8 +456,10 @@ def state_logical_axes(state: Any) -> Any:
     if isinstance(x, KVCache):
       if x.k.ndim == len(CACHE_AXES) + 1:    # stacked caches of `scan_layers`
         spec = PartitionSpec("layers", *CACHE_AXES)
-        return KVCache(k=spec, v=spec)
-      return KVCache.logical_axes()
+        rows = None if x.shift is None else PartitionSpec("layers", "activation_batch",
+                                                          None, None)
+        return KVCache(k=spec, v=spec, shift=rows)
+      return KVCache.logical_axes(shift=x.shift is not None)
     return PartitionSpec("activation_batch", *(None,) * (x.ndim - 1))
   return jax.tree_util.tree_map(axes, state, is_leaf=lambda x: isinstance(x, KVCache))
 

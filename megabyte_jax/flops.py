@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Union
 
-from megabyte_jax.config import MegabyteConfig, TransformerConfig
+from megabyte_jax.config import PAPER_FORMULATION, MegabyteConfig, TransformerConfig
 from megabyte_jax.layers import StackSpec
 from megabyte_jax.megabyte import global_spec, level_dim, level_spec
 from megabyte_jax.transformer import stack_spec
@@ -107,22 +107,32 @@ def megabyte_cost(cfg: MegabyteConfig, seq_len: Optional[int] = None) -> CostRep
   """
   t = seq_len or cfg.seq_len
   units, sizes = cfg.unit_sizes, cfg.level_patch_sizes
-  dg, dl = cfg.byte_global_dim, cfg.local_dim
+  de, dl = cfg.global_embed_dim, cfg.local_dim
   gspec = global_spec(cfg)
   head = _head_params(dl, cfg)
-  embeddings = 256 * dg + cfg.seq_len * dg + cfg.global_dim
+  embeddings = 256 * de + cfg.seq_len * de + cfg.global_dim
   non_embedding = stack_params(gspec) + head
   matmul = stack_matmul_params(gspec) / units[0] + dl * 256
   attention = _attention_flops_per_position(gspec, t // units[0]) / units[0]
   for size in cfg.conv_kernel_sizes:
-    non_embedding += size * dg * dg + (dg if cfg.use_bias else 0)
-    matmul += size * dg * dg
+    non_embedding += size * de * de + (de if cfg.use_bias else 0)
+    matmul += size * de * de
+  if cfg.patch_embed == "linear":   # LayerNorm, dense, LayerNorm, once per patch
+    width = cfg.patch_size * de
+    non_embedding += (2 * width + width * cfg.global_dim + 2 * cfg.global_dim
+                      + (cfg.global_dim if cfg.use_bias else 0))
+    matmul += width * cfg.global_dim / units[0]
   for level in range(1, cfg.levels):
     spec, dim, s, u = level_spec(cfg, level), level_dim(cfg, level), sizes[level - 1], units[level]
-    projection = level_dim(cfg, level - 1) // s * dim
+    width = level_dim(cfg, level - 1)
+    # Per byte, both forms cost the parent's width x this width once per unit of this
+    # level: "slice" projects one slice (width / S) per unit, "full" the whole output once
+    # per parent unit into S units.
+    projection = width * s * dim if cfg.global_to_local == "full" else width // s * dim
     embeddings += 256 * (dim // u) + dim + s * dim           # byte embedding, pad, positions
     non_embedding += stack_params(spec) + projection
-    matmul += (stack_matmul_params(spec) + projection) / u
+    matmul += (stack_matmul_params(spec) + projection / (s if cfg.global_to_local == "full"
+                                                        else 1)) / u
     attention += _attention_flops_per_position(spec, s + spec.cross_patch) / u
   return CostReport(params=embeddings + non_embedding, non_embedding_params=non_embedding,
                     matmul_flops_per_byte=2.0 * matmul, attention_flops_per_byte=attention,
@@ -157,30 +167,31 @@ def model_cost(cfg: ModelConfig, seq_len: Optional[int] = None) -> CostReport:
 # paper's recipe (ReLU, output projection by the local embedding). A global width must be a
 # multiple of P, so the P=12 rows use 2556 for the paper's 2560 and 2052 for 2048.
 _RECIPE = dict(activation="relu", tie_embeddings=True)
+_PAPER = dict(_RECIPE, **PAPER_FORMULATION)
 PAPER_TABLE15 = (
     # (name, config, paper's global size, paper's local size)
     ("text (arXiv, PG-19, ...)", TransformerConfig(seq_len=1024, dim=1024, layers=22,
                                                    heads=16, **_RECIPE), "320M", "-"),
     ("text (arXiv, PG-19, ...)", MegabyteConfig(
         seq_len=8192, patch_size=8, global_dim=2048, global_layers=14, global_heads=32,
-        local_dim=1024, local_layers=18, local_heads=16, **_RECIPE), "758M", "262M"),
+        local_dim=1024, local_layers=18, local_heads=16, **_PAPER), "758M", "262M"),
     ("ImageNet64 (best)", MegabyteConfig(
         seq_len=12288, patch_size=12, global_dim=2556, global_layers=32, global_heads=32,
-        global_head_dim=80, local_dim=1024, local_layers=24, local_heads=16, **_RECIPE),
+        global_head_dim=80, local_dim=1024, local_layers=24, local_heads=16, **_PAPER),
      "2.7B", "350M"),
     ("ImageNet64 (control)", MegabyteConfig(
         seq_len=12288, patch_size=12, global_dim=2052, global_layers=24, global_heads=32,
-        global_head_dim=64, local_dim=2048, local_layers=24, local_heads=32, **_RECIPE),
+        global_head_dim=64, local_dim=2048, local_layers=24, local_heads=32, **_PAPER),
      "1.3B", "1.3B"),
     ("ImageNet256", MegabyteConfig(
         seq_len=196608, patch_size=192, global_dim=768, global_layers=12, global_heads=12,
-        local_dim=768, local_layers=12, local_heads=12, **_RECIPE), "125M", "125M"),
+        local_dim=768, local_layers=12, local_heads=12, **_PAPER), "125M", "125M"),
     ("ImageNet640", MegabyteConfig(
         seq_len=1228800, patch_size=192, global_dim=768, global_layers=12, global_heads=12,
-        local_dim=768, local_layers=8, local_heads=12, **_RECIPE), "125M", "83M"),
+        local_dim=768, local_layers=8, local_heads=12, **_PAPER), "125M", "83M"),
     ("audio", MegabyteConfig(
         seq_len=524288, patch_size=32, global_dim=1024, global_layers=24, global_heads=16,
-        local_dim=768, local_layers=12, local_heads=12, **_RECIPE), "350M", "125M"),
+        local_dim=768, local_layers=12, local_heads=12, **_PAPER), "350M", "125M"),
 )
 
 

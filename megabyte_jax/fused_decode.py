@@ -310,17 +310,27 @@ def block_step(layer: dict, spec: StackSpec, x: jax.Array, cache: KVCache, index
   """
   batch = x.shape[0]
   hk = spec.heads * spec.head_dim
-  qkv = _norm_matvec(x, layer["attn_norm"], layer["wqkv"], layer["bqkv"], spec=spec,
-                     activation=None, n_out=3 * hk, interpret=interpret)
+  keep = spec.dim - spec.dim // 2
+  shift = lambda v, row: v
+  if spec.token_shift:   # `layers.token_shift` for one position: the rest from the cache
+    prev = jnp.where(index == 0, jnp.zeros_like(cache.shift), cache.shift)
+    shift = lambda v, row: jnp.concatenate([v[:, :keep], prev[:, row].astype(v.dtype)], -1)
+  x_in = x
+  qkv = _norm_matvec(shift(x, 0), layer["attn_norm"], layer["wqkv"], layer["bqkv"],
+                     spec=spec, activation=None, n_out=3 * hk, interpret=interpret)
   new = qkv.reshape(batch, 1, 3, spec.heads, spec.head_dim)
   cache = KVCache(
       k=jax.lax.dynamic_update_slice(cache.k, new[:, :, 1].astype(cache.k.dtype),
                                      (0, index, 0, 0)),
       v=jax.lax.dynamic_update_slice(cache.v, new[:, :, 2].astype(cache.v.dtype),
-                                     (0, index, 0, 0)))
+                                     (0, index, 0, 0)),
+      shift=cache.shift)
   x = _attention_out(x, qkv, cache, index, layer["wout"], layer["bout"], spec=spec,
                      interpret=interpret)
-  h = _norm_matvec(x, layer["mlp_norm"], layer["win"], layer["bin"], spec=spec,
+  if spec.token_shift:
+    cache = cache.replace(shift=jnp.stack([x_in[:, keep:], x[:, keep:]], axis=1).astype(
+        cache.shift.dtype))
+  h = _norm_matvec(shift(x, 1), layer["mlp_norm"], layer["win"], layer["bin"], spec=spec,
                    activation=spec.activation, n_out=spec.mlp_dim, interpret=interpret)
   x = _matvec_residual(x, h, layer["wmlp"], layer["bmlp"], spec=spec, interpret=interpret)
   return x, cache

@@ -286,29 +286,40 @@ class KVCache:
 
   k: jax.Array
   v: jax.Array
+  # With token shift (`StackSpec.token_shift`): `[batch, 2, dim // 2]`, the shifted halves
+  # of the last position's block input (row 0, before attention) and of its residual
+  # stream before the MLP (row 1), which the next position takes; None without.
+  shift: Optional[jax.Array] = None
 
   @classmethod
-  def zeros(cls, batch: int, max_len: int, heads: int, head_dim: int, dtype: Any) -> "KVCache":
-    """An empty cache for `max_len` positions."""
+  def zeros(cls, batch: int, max_len: int, heads: int, head_dim: int, dtype: Any,
+            shift_dim: int = 0) -> "KVCache":
+    """An empty cache for `max_len` positions (and the token-shift rows of `shift_dim`
+    features, when positive)."""
     shape = (batch, max_len, heads, head_dim)
-    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+    shift = jnp.zeros((batch, 2, shift_dim), dtype) if shift_dim else None
+    return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), shift=shift)
 
   @classmethod
-  def logical_axes(cls) -> "KVCache":
-    """`PartitionSpec`s of logical names (`CACHE_AXES`) for `k` and `v`, in the cache's own
-    structure (map them onto a mesh with `nn.logical_to_mesh_sharding`)."""
+  def logical_axes(cls, shift: bool = False) -> "KVCache":
+    """`PartitionSpec`s of logical names (`CACHE_AXES`) for `k` and `v` (and the token-shift
+    rows: batch like activations), in the cache's own structure (map them onto a mesh with
+    `nn.logical_to_mesh_sharding`)."""
     spec = jax.sharding.PartitionSpec(*CACHE_AXES)
-    return cls(k=spec, v=spec)
+    rows = jax.sharding.PartitionSpec("activation_batch", None, None) if shift else None
+    return cls(k=spec, v=spec, shift=rows)
 
 
 def init_stack_cache(spec: "StackSpec", batch: int, max_len: int) -> Any:
   """An empty cache for a `TransformerStack` of `spec`: one `KVCache` per layer, or with
   `spec.scan_layers` one `KVCache` whose arrays have a leading layer axis."""
   dtype = resolve_dtype(spec.dtype)
+  shift_dim = spec.dim // 2 if spec.token_shift else 0
   if spec.scan_layers:
     shape = (spec.layers, batch, max_len, spec.heads, spec.head_dim)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
-  return tuple(KVCache.zeros(batch, max_len, spec.heads, spec.head_dim, dtype)
+    shift = (jnp.zeros((spec.layers, batch, 2, shift_dim), dtype) if shift_dim else None)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), shift=shift)
+  return tuple(KVCache.zeros(batch, max_len, spec.heads, spec.head_dim, dtype, shift_dim)
                for _ in range(spec.layers))
 
 
@@ -540,6 +551,15 @@ def token_shift(x: jax.Array, prev: Optional[jax.Array] = None) -> jax.Array:
   return jnp.concatenate([x[..., :keep], moved], axis=-1)
 
 
+def _previous_shift_rows(cache: Optional[KVCache], index: Any) -> Optional[jax.Array]:
+  """The token-shift rows `[batch, 2, dim // 2]` that the first new position of a cached
+  call takes from the position before it: None (zeros) in training and at position 0 (a
+  prefill, or a cache restarted at 0, as the local model's is at every patch)."""
+  if cache is None or index is None or (isinstance(index, int) and index == 0):
+    return None
+  return jnp.where(jnp.asarray(index) == 0, jnp.zeros_like(cache.shift), cache.shift)
+
+
 def _activate(h: jax.Array, activation: str) -> jax.Array:
   """The MLP nonlinearity of `h [..., n_in, mlp]` -> `[..., mlp]`."""
   if activation == "swiglu":
@@ -608,20 +628,29 @@ class Block(nn.Module):
     """Returns `[batch, length, dim]`, or `(that, new cache)` when `cache` is given."""
     spec = self.spec
     attn = CausalSelfAttention(spec, name="attn")
-    if spec.token_shift and cache is not None:
-      raise NotImplementedError("token_shift decoding")
-    shift = token_shift if spec.token_shift else (lambda v: v)
-    normed, affine = Norm(spec, name="attn_norm")(shift(x))  # affine folded into QKV kernel
+    prev = _previous_shift_rows(cache, index) if spec.token_shift else None
+    x_in = x
+    shift = lambda v, row: v
+    if spec.token_shift:
+      shift = lambda v, row: token_shift(v, None if prev is None else prev[:, row])
+    normed, affine = Norm(spec, name="attn_norm")(shift(x, 0))   # affine folded into QKV
     if cache is None:
       h = attn(normed, norm=affine)
     else:
-      h, cache = attn(normed, cache, index, norm=affine)
+      h, kv = attn(normed, cache.replace(shift=None), index, norm=affine)
     x = x + nn.Dropout(spec.dropout)(h, deterministic=deterministic)
-    normed, affine = Norm(spec, name="mlp_norm")(shift(x))
+    x_mid = x
+    normed, affine = Norm(spec, name="mlp_norm")(shift(x, 1))
     h = Mlp(spec, name="mlp")(normed, norm=affine)
     x = x + nn.Dropout(spec.dropout)(h, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ACT_SEQ)
-    return x if cache is None else (x, cache)
+    if cache is None:
+      return x
+    rows = None
+    if spec.token_shift:   # the last position's shifted halves, for the next position
+      keep = spec.dim - spec.dim // 2
+      rows = jnp.stack([x_in[:, -1, keep:], x_mid[:, -1, keep:]], axis=1).astype(kv.k.dtype)
+    return x, kv.replace(shift=rows)
 
 
 _REMAT_POLICIES = {

@@ -14,6 +14,8 @@ are exactly the paper's `local_*` and `global_to_local`.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -75,9 +77,57 @@ def _shared(cfg) -> dict:
 
 def conv_encoder(cfg: MegabyteConfig, name: str = "patch_encoder") -> CausalConvEncoder:
   """The convolutional patch encoder of `cfg` (only used when `cfg.conv_kernel_sizes`)."""
-  return CausalConvEncoder(cfg.byte_global_dim, cfg.conv_kernel_sizes, cfg.activation,
+  return CausalConvEncoder(cfg.global_embed_dim, cfg.conv_kernel_sizes, cfg.activation,
                            cfg.init_std, cfg.use_bias, cfg.compute_dtype, cfg.parameter_dtype,
                            name=name)
+
+
+class PatchProjection(nn.Module):
+  """MEGABYTE-pytorch's patch embedder (`patch_embed="linear"`): the concatenated byte
+  embeddings of a patch `[..., P * D_E]` -> LayerNorm -> dense -> LayerNorm -> `[...,
+  global_dim]`. Its dense layer lets the global model read wider byte embeddings than
+  its own width allows (D_E = `local_dim` instead of `global_dim / P`), and the norms give
+  the global model an input of unit scale whatever the embeddings' scale."""
+
+  global_dim: int
+  init_std: Optional[float] = None
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """`[..., P * D_E]` concatenated byte embeddings -> `[..., global_dim]`."""
+    names = lambda axis: dict(  # logical axis names of a LayerNorm's scale and bias
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)))
+    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="in_norm",
+                     **names(None))(x)
+    x = nn.DenseGeneral(self.global_dim, use_bias=self.use_bias, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="proj",
+                        kernel_init=nn.with_logical_partitioning(
+                            dense_init(self.init_std), (None, "embed")),
+                        bias_init=nn.with_logical_partitioning(
+                            nn.initializers.zeros, ("embed",)))(x)
+    return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="out_norm",
+                        **names("embed"))(x)
+
+
+def patch_projection(cfg: MegabyteConfig) -> PatchProjection:
+  """The `PatchProjection` of `cfg` (used when `cfg.patch_embed == "linear"`)."""
+  return PatchProjection(cfg.global_dim, cfg.init_std, cfg.use_bias, cfg.compute_dtype,
+                         cfg.parameter_dtype, name="patch_embed")
+
+
+def project_to_children(g: jax.Array, w: jax.Array, s: int, mode: str, dtype) -> jax.Array:
+  """A level's outputs `g [batch, n, width]` -> its children's inputs `[batch, n, S, child
+  width]` with the projection `w` (`global_to_local` with two levels): "slice" (the paper)
+  cuts each output into S slices and projects each by the shared `w [width / S, child]`;
+  "full" projects the whole output once per child position, `w [width, S, child]`."""
+  if mode == "full":
+    return jnp.einsum("bkg,gpl->bkpl", g, w.astype(dtype))
+  g = g.reshape(g.shape[0], g.shape[1], s, g.shape[2] // s)
+  return jnp.einsum("bkpg,gl->bkpl", g, w.astype(dtype))
 
 
 class Megabyte(nn.Module):
@@ -110,7 +160,7 @@ class Megabyte(nn.Module):
     init = embedding_init(cfg.init_std, cfg.embed_init_std)
 
     # Global model input: byte embeddings + positions, concatenated per patch.
-    de = dg if cfg.patch_embed == "concat" else cfg.local_dim
+    de = cfg.global_embed_dim
     global_embed = byte_embedding(de, cfg.init_std, dtype, param_dtype, "global_embed",
                                   cfg.embed_init_std)
     global_pos = self.param(
@@ -119,15 +169,10 @@ class Megabyte(nn.Module):
     x = global_embed(tokens) + global_pos[:length].astype(dtype)     # [batch, T, D_E]
     x = drop(x, deterministic=deterministic)
     if cfg.conv_kernel_sizes:                                         # Section 2.3.1
-      x = conv_encoder(cfg)(x)                                        # [batch, T, D_G]
+      x = conv_encoder(cfg)(x)                                        # [batch, T, D_E]
     x = x.reshape(batch, k, p * de)                                   # [batch, patches, P*D_E]
     if cfg.patch_embed == "linear":
-      x = nn.LayerNorm(dtype=dtype, param_dtype=param_dtype, name="patch_in_norm")(x)
-      x = nn.DenseGeneral(cfg.global_dim, use_bias=cfg.use_bias, dtype=dtype,
-                          param_dtype=param_dtype, name="patch_proj",
-                          kernel_init=nn.with_logical_partitioning(
-                              dense_init(cfg.init_std), (None, "embed")))(x)
-      x = nn.LayerNorm(dtype=dtype, param_dtype=param_dtype, name="patch_out_norm")(x)
+      x = patch_projection(cfg)(x)                                    # [batch, patches, P*D_G]
     global_pad = self.param(
         "global_pad", nn.with_logical_partitioning(init, ("embed",)),
         (cfg.global_dim,), param_dtype)
@@ -143,16 +188,16 @@ class Megabyte(nn.Module):
       s, u, dim = sizes[level - 1], units[level], level_dim(cfg, level)
       n = length // units[level - 1]                                  # parent units
       # Each parent output, split into S slices (one per unit of this level), projected.
+      # Each parent output [batch, n, width] -> one input per unit of this level.
+      width = level_dim(cfg, level - 1)
       if cfg.global_to_local == "full":   # each child position: its own projection
         w = self.param(f"{parent}_to_{name}", nn.with_logical_partitioning(
             dense_init(cfg.init_std, out_axis=(1, 2)), (None, None, "embed")),
-            (g.shape[-1], s, dim), param_dtype)
-        g = jnp.einsum("bkg,gpl->bkpl", g, w.astype(dtype))          # [batch, n, S, dim]
-      else:
-        g = g.reshape(batch, n, s, level_dim(cfg, level - 1) // s)    # [batch, n, S, d/S]
+            (width, s, dim), param_dtype)
+      else:                               # the paper: slices, one shared projection
         w = self.param(f"{parent}_to_{name}", nn.with_logical_partitioning(
-            dense_init(cfg.init_std), (None, "embed")), (g.shape[-1], dim), param_dtype)
-        g = jnp.einsum("bkpg,gl->bkpl", g, w.astype(dtype))          # [batch, n, S, dim]
+            dense_init(cfg.init_std), (None, "embed")), (width // s, dim), param_dtype)
+      g = project_to_children(g, w, s, cfg.global_to_local, dtype)    # [batch, n, S, dim]
 
       # This level's input: the previous unit's byte embeddings, concatenated (a learned
       # pad at unit 0 of each parent unit) + its parent slice + a learned position.

@@ -9,7 +9,10 @@ between experiments (sizes, patch size, context, batch, learning rate, data):
   polynomially; ours is the cosine of `train_state.learning_rate_schedule` with
   `min_lr_ratio = 0`);
 - pre-norm blocks, ReLU, dropout 0.1 everywhere except on the embeddings;
-- truncated-normal initialisation with standard deviation 0.006;
+- truncated-normal initialisation with standard deviation 0.006 (embeddings included);
+- the paper's formulation of the model (`config.PAPER_FORMULATION`: concatenated byte
+  embeddings into the global model, sliced global-to-local projection, a pad at every
+  local patch start, no token shift), where our defaults differ;
 - the output projection is the local byte-embedding matrix (`tie_embeddings`), as in the
   paper's output equation;
 - mixed precision: bfloat16 compute with float32 master weights.
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from megabyte_jax.config import PAPER_FORMULATION
+
 PAPER_MODEL = dict(activation="relu", norm="layernorm", dropout=0.1, embed_dropout=0.0,
-                   init_std=0.006, tie_embeddings=True, dtype="bfloat16",
-                   param_dtype="float32")
-"""Model fields of the paper's recipe (Appendix A.1)."""
+                   init_std=0.006, embed_init_std=0.006, tie_embeddings=True,
+                   dtype="bfloat16", param_dtype="float32", token_shift=False)
+"""Model fields of the paper's recipe (Appendix A.1), for both model kinds."""
 
 PAPER_TRAIN = dict(b1=0.9, b2=0.98, weight_decay=0.1, grad_clip=1.0, warmup_steps=500,
                    min_lr_ratio=0.0)
@@ -34,6 +39,9 @@ def paper_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   returns it. Sizes, patch size, context, batch and learning rate are left alone."""
   for key, value in PAPER_MODEL.items():
     config.model[key] = value
+  if config.model.kind == "megabyte":      # the paper's model (`config.PAPER_FORMULATION`)
+    for key, value in PAPER_FORMULATION.items():
+      config.model[key] = value
   for key, value in PAPER_TRAIN.items():
     config.train[key] = value
   return config

@@ -18,6 +18,7 @@ import flax.linen as nn
 import ml_collections
 
 from megabyte_jax.checkpoint import Checkpointer
+from megabyte_jax.config import LEGACY_MEGABYTE_DEFAULTS, LEGACY_TRANSFORMER_DEFAULTS
 from megabyte_jax.errors import CheckpointError, ConfigError
 from megabyte_jax.models import build_model
 from megabyte_jax.train_state import abstract_train_state, make_optimizer
@@ -54,6 +55,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
   JSON has no tuples: the model section's arrays (`patch_sizes`, `conv_kernel_sizes`, ...,
   tuples in `MegabyteConfig`) come back as tuples, so the config equals the one saved.
+  Fields the saved config lacks because it predates them take their values of then
+  (`_fill_legacy_fields`), not today's defaults.
 
   Raises:
     ConfigError: when the file is missing or is not valid JSON.
@@ -70,7 +73,22 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if isinstance(values.get("model"), dict):
     values["model"] = {k: tuple(v) if isinstance(v, list) else v
                        for k, v in values["model"].items()}
+    _fill_legacy_fields(values)
   return ml_collections.ConfigDict(values)
+
+
+def _fill_legacy_fields(values: dict) -> None:
+  """Gives a config saved before a field existed that field's value of then, so the run
+  resumes, evaluates and samples as the model it trained: the MEGABYTE formulation and
+  embedding init of before 2026-12 (`config.LEGACY_MEGABYTE_DEFAULTS`, the paper's) and
+  weight decay on every parameter of 2 or more dimensions (`train.weight_decay_mask`
+  "ndim", which also fixes the optimizer state's structure)."""
+  legacy = (LEGACY_MEGABYTE_DEFAULTS if values["model"].get("kind") == "megabyte"
+            else LEGACY_TRANSFORMER_DEFAULTS)
+  for key, value in legacy.items():
+    values["model"].setdefault(key, value)
+  if isinstance(values.get("train"), dict):
+    values["train"].setdefault("weight_decay_mask", "ndim")
 
 
 def _diff(a: Any, b: Any, prefix: str) -> list[str]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from megabyte_jax import ConfigError, Megabyte, MegabyteConfig, generate
+from megabyte_jax.config import PAPER_FORMULATION
 from megabyte_jax.decoding import cast_matmul_weights, decoder_for, state_logical_axes
 from megabyte_jax.flops import model_cost
 from megabyte_jax.generation import cached_logits
@@ -36,6 +37,11 @@ VARIANTS = {
                                mid_layers=(1, 1), mid_heads=(2, 2), cross_patch=1,
                                conv_kernel_sizes=(3,), scan_layers=True, tie_embeddings=True),
 }
+# The paper's own formulation (`config.PAPER_FORMULATION`), with two levels and with every
+# switch on: sliced projections, concatenated embeddings, a pad at every patch start.
+PAPER = BASE.replace(**PAPER_FORMULATION)
+VARIANTS["paper"] = PAPER
+VARIANTS["four_level_paper"] = VARIANTS["four_level"].replace(**PAPER_FORMULATION)
 
 _VARIABLES, _APPLY = {}, {}
 
@@ -145,7 +151,7 @@ def test_cross_patch_attention_sees_the_previous_patch():
   changed = tokens.copy()
   changed[0, 6] += 1                        # the local input of position 7, in patch 1
   for r, moves in ((0, False), (2, True)):
-    cfg = BASE.replace(cross_patch=r)
+    cfg = PAPER.replace(cross_patch=r)
     params = nn.meta.unbox(_variables(cfg))["params"]
     params = {**params, "global_to_local": jnp.zeros_like(params["global_to_local"])}
     before = _apply(cfg, {"params": params}, tokens)
@@ -155,26 +161,52 @@ def test_cross_patch_attention_sees_the_previous_patch():
     np.testing.assert_array_equal(before[0, 16:], after[0, 16:])
 
 
-def test_default_parameter_tree_is_unchanged():
-  """The switches off: the paper's 2-level parameter names and shapes, no extra entries."""
-  params = nn.meta.unbox(_variables(BASE))["params"]
+def test_paper_parameter_tree_is_unchanged():
+  """The paper's formulation: its 2-level parameter names and shapes, no extra entries
+  (the tree of every checkpoint written before 2026-12)."""
+  params = nn.meta.unbox(_variables(PAPER))["params"]
   assert set(params) == {"global_embed", "global_pos", "global_pad", "global_model",
                          "global_to_local", "local_embed", "local_pad", "local_pos",
                          "local_model", "head"}
   assert params["global_to_local"].shape == (8, 16)
+  assert params["global_embed"]["embedding"].shape == (256, 8)      # D_G = 32 / 4
   spelt_out = BASE.replace(patch_sizes=(4,))          # the 2-level model written as a list
   assert spelt_out == BASE and spelt_out.levels == 2
 
 
-def test_deeper_hierarchy_parameter_names_and_shapes():
-  params = jax.eval_shape(Megabyte(VARIANTS["three_level"]).init, jax.random.key(0),
+def test_default_parameter_tree():
+  """The defaults add the patch projection (`patch_embed="linear"`: byte embeddings of
+  `local_dim`, LayerNorm, dense, LayerNorm) and project the whole global output once per
+  local position (`global_to_local="full"`)."""
+  params = nn.meta.unbox(_variables(BASE))["params"]
+  assert set(params) == {"global_embed", "global_pos", "global_pad", "global_model",
+                         "patch_embed", "global_to_local", "local_embed", "local_pad",
+                         "local_pos", "local_model", "head"}
+  assert params["global_embed"]["embedding"].shape == (256, 16)     # local_dim
+  assert params["global_pos"].shape == (T, 16)
+  assert params["patch_embed"]["proj"]["kernel"].shape == (4 * 16, 32)
+  assert params["patch_embed"]["in_norm"]["scale"].shape == (4 * 16,)
+  assert params["patch_embed"]["out_norm"]["scale"].shape == (32,)
+  assert params["global_to_local"].shape == (32, 4, 16)             # [global, P, local]
+
+
+@pytest.mark.parametrize("paper", [True, False])
+def test_deeper_hierarchy_parameter_names_and_shapes(paper):
+  cfg = VARIANTS["three_level"]
+  cfg = cfg.replace(**PAPER_FORMULATION) if paper else cfg
+  params = jax.eval_shape(Megabyte(cfg).init, jax.random.key(0),
                           jnp.zeros((1, T), jnp.int32))["params"]
   params = nn.meta.unbox(params)
-  assert params["global_embed"]["embedding"].shape == (256, 4)      # 32 / 8 bytes
-  assert params["global_to_level_1"].shape == (16, 16)              # 32 / 2 slices -> 16
+  if paper:
+    assert params["global_embed"]["embedding"].shape == (256, 4)    # 32 / 8 bytes
+    assert params["global_to_level_1"].shape == (16, 16)            # 32 / 2 slices -> 16
+    assert params["level_1_to_local"].shape == (4, 16)              # 16 / 4 slices -> 16
+  else:
+    assert params["global_embed"]["embedding"].shape == (256, 16)   # local_dim
+    assert params["global_to_level_1"].shape == (32, 2, 16)         # [32, 2 units, 16]
+    assert params["level_1_to_local"].shape == (16, 4, 16)          # [16, 4 bytes, 16]
   assert params["level_1_embed"]["embedding"].shape == (256, 4)     # 16 / 4 bytes per unit
   assert params["level_1_pos"].shape == (2, 16)
-  assert params["level_1_to_local"].shape == (4, 16)                # 16 / 4 slices -> 16
   assert params["local_pos"].shape == (4, 16)
   assert set(params["level_1_model"]) == {"block_0", "final_norm"}
 
@@ -191,7 +223,8 @@ def test_level_helpers():
   assert cfg.level_patch_sizes == (2, 2, 2) and BASE.level_patch_sizes == (4,)
   assert BASE.unit_sizes == (4, 1) and BASE.levels == 2
   encoder = conv_encoder(VARIANTS["conv"])
-  assert encoder.kernel_sizes == (3, 5, 7) and encoder.dim == BASE.byte_global_dim
+  assert encoder.kernel_sizes == (3, 5, 7) and encoder.dim == BASE.global_embed_dim == 16
+  assert conv_encoder(PAPER.replace(conv_kernel_sizes=(3,))).dim == PAPER.byte_global_dim
 
 
 def test_decoder_state_of_a_deep_model_carries_axis_names():
@@ -278,6 +311,11 @@ def test_cross_patch_stack_decodes_like_its_training_path():
     (dict(cross_patch=5), "cross_patch must be an integer in 0..4"),
     (dict(cross_patch=-1), "cross_patch must be an integer in 0..4"),
     (dict(cross_patch=2, local_head_dim=3), "need an even local head width"),
+    (dict(global_to_local="half"), "global_to_local must be one of ('slice', 'full')"),
+    (dict(patch_embed="conv"), "patch_embed must be one of ('concat', 'linear')"),
+    (dict(byte_shift="none"), "byte_shift must be one of ('patch', 'sequence')"),
+    (dict(embed_init_std=0), "embed_init_std must be a positive number"),
+    (dict(token_shift=1), "token_shift must be True or False"),
 ])
 def test_bad_variant_configs_are_refused_naming_the_field(changes, message):
   with pytest.raises(ConfigError) as err:
