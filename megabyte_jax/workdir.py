@@ -101,7 +101,7 @@ def load_config(workdir: PathLike) -> ml_collections.ConfigDict:
   path = config_path(workdir)
   if not epath.Path(path).exists():
     raise ConfigError(f"no {CONFIG_FILE} in {os.fspath(workdir)!r}: not a training directory "
-                      f"(train into it first, or pass --config)")
+                      f"(train into it first: megabyte-train --config=NAME --workdir=DIR)")
   return load_config_file(path)
 
 
