@@ -9,11 +9,13 @@ CONFIG ?= experiments/configs/default.py
 
 .PHONY: train test install clean
 
-$(STAMP): requirements.txt
+# The package in editable mode with the extras a checkout uses: [dev] for the tests, [tfds] for
+# the TFDS sources, [experiments] for plots and the notebook (GPU: EXTRAS=dev,tfds,experiments,cuda12).
+EXTRAS ?= dev,tfds,experiments
+$(STAMP): pyproject.toml requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || $(PYTHON) -m virtualenv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps --editable .
+	$(PY) -m pip install --quiet --editable ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
 install: $(STAMP)

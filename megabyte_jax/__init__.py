@@ -5,7 +5,12 @@
                                     global_heads=4, local_dim=32, local_layers=2, local_heads=2))
     variables = model.init(jax.random.key(0), tokens)   # tokens: int32 [batch, T]
     logits = model.apply(variables, tokens)             # float32 [batch, T, 256]
-    out = generate(model, variables, prompt, 100, jax.random.key(1))  # KV-cached sampling
+    prompt = jnp.asarray([list(b"def ")], jnp.int32)   # int32 [batch, L]: bytes, not str
+    out = generate(model, variables, prompt, 32, jax.random.key(1))  # KV-cached sampling
+
+    config, model, params, step = load_trained("runs/default")   # a trained work directory
+    export_params("runs/default", "default.msgpack")              # parameters only, one file
+    model, params, config = load_exported("default.msgpack")
 """
 
 from megabyte_jax.config import MegabyteConfig, TransformerConfig
@@ -17,5 +22,17 @@ from megabyte_jax.transformer import ByteTransformer
 
 __all__ = ["ByteTransformer", "CheckpointError", "ConfigError", "DataError", "InputError",
            "Megabyte", "MegabyteConfig", "MegabyteError", "Preempted", "TrainingError",
-           "TransformerConfig", "generate"]
+           "TransformerConfig", "export_params", "generate", "load_exported", "load_trained"]
 __version__ = "0.1.0"
+
+# Imported on first use: they pull in Orbax and Grain, which `import megabyte_jax` need not.
+_LAZY = {"load_trained": "megabyte_jax.workdir", "export_params": "megabyte_jax.export",
+         "load_exported": "megabyte_jax.export"}
+
+
+def __getattr__(name):
+  """`load_trained`, `export_params` and `load_exported`, imported when first used."""
+  if name in _LAZY:
+    import importlib  # pylint: disable=g-import-not-at-top
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'megabyte_jax' has no attribute {name!r}")

@@ -11,6 +11,10 @@ of permissions is not corrupt: it is named in a `CheckpointAccessError` and left
 Retention keeps the newest `keep` steps and, beyond them, the newest verified-good step
 (a manifest saying its parameters were finite) until a newer good one exists, so a run that
 goes bad never deletes the last checkpoint worth resuming from.
+
+A remote work directory (`gs://...`, any `etils.epath` URI) is handed to Orbax as is; the
+manifests, retention and set-aside steps then go through `epath`, and the local-only checks
+(free disk space, file permissions) are skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import shutil
 import sys
 from typing import Any, Optional
 
+from etils import epath
 import grain
 import orbax.checkpoint as ocp
 
@@ -72,8 +77,14 @@ def _write_reason(e: BaseException) -> Optional[str]:
   return None
 
 
+def _remote(path: str) -> bool:
+  return "://" in path
+
+
 def _digests(step_dir: str) -> dict:
   """`{relative path: [size, sha256]}` of every file below `step_dir` but the manifest."""
+  if _remote(step_dir):
+    return _remote_digests(step_dir)
   out = {}
   for root, dirs, files in os.walk(step_dir):
     dirs.sort()
@@ -87,6 +98,21 @@ def _digests(step_dir: str) -> dict:
         for block in iter(lambda: f.read(1 << 20), b""):
           h.update(block)
       out[rel] = [os.path.getsize(path), h.hexdigest()]
+  return out
+
+
+def _remote_digests(step_dir: str) -> dict:
+  """`_digests` of a remote step directory (through `epath`)."""
+  out = {}
+  top = epath.Path(step_dir)
+  for root, _, files in top.walk():
+    for name in sorted(files):
+      path = epath.Path(root) / name
+      rel = os.path.relpath(os.fspath(path), os.fspath(top))
+      if rel.startswith(MANIFEST):
+        continue
+      data = path.read_bytes()
+      out[rel] = [len(data), hashlib.sha256(data).hexdigest()]
   return out
 
 
@@ -112,7 +138,12 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, save_every: int = 1000, keep: Optional[int] = 3):
-    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR))
+    workdir = os.fspath(workdir)
+    if _remote(workdir):
+      self.directory = workdir.rstrip("/") + "/" + CHECKPOINT_SUBDIR
+    else:
+      self.directory = os.path.abspath(os.path.join(os.path.expanduser(workdir),
+                                                    CHECKPOINT_SUBDIR))
     self.keep = keep
     self.check_space = True   # refuse a save that cannot fit before writing it
     self._in_flight: Optional[int] = None
@@ -120,7 +151,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=save_every,
                                            create=True)
     with self._read_errors():
-      self._manager = ocp.CheckpointManager(self.directory, options=options,
+      self._manager = ocp.CheckpointManager(epath.Path(self.directory), options=options,
                                             item_names=("state", "data"))
 
   @contextlib.contextmanager
@@ -149,8 +180,12 @@ class Checkpointer:
   def manifest(self, step: int) -> Optional[dict]:
     """The manifest of `step` (None when it has none: still saving, or killed first)."""
     try:
-      with open(os.path.join(self.step_dir(step), MANIFEST), encoding="utf-8") as f:
-        value = json.load(f)
+      path = os.path.join(self.step_dir(step), MANIFEST)
+      if _remote(path):
+        value = json.loads(epath.Path(path).read_text(encoding="utf-8"))
+      else:
+        with open(path, encoding="utf-8") as f:
+          value = json.load(f)
       return value if isinstance(value, dict) else None
     except (OSError, ValueError):
       return None
@@ -181,7 +216,7 @@ class Checkpointer:
     """Refuses a save that cannot fit on the disk, before Orbax starts writing: the size of
     the newest saved step (or of the state's arrays, plus 1 MiB of metadata) against the
     free space. A disk that fills meanwhile is still caught when the write fails."""
-    if not self.check_space:
+    if not self.check_space or _remote(self.directory):
       return
     import jax   # pylint: disable=g-import-not-at-top
     steps = sorted(self._manager.all_steps())
@@ -209,6 +244,10 @@ class Checkpointer:
   def _write_manifest(self, step: int, finite: bool) -> None:
     path = os.path.join(self.step_dir(step), MANIFEST)
     files = _digests(self.step_dir(step))
+    if _remote(path):   # an object upload replaces the object whole
+      epath.Path(path).write_text(json.dumps({"step": step, "finite": bool(finite),
+                                              "files": files}), encoding="utf-8")
+      return
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
       json.dump({"step": step, "finite": bool(finite), "files": files}, f)
@@ -233,7 +272,11 @@ class Checkpointer:
       keep.add(good)
     doomed = [s for s in steps if s not in keep]
     for step in doomed:
-      shutil.rmtree(self.step_dir(step), ignore_errors=True)
+      if _remote(self.directory):
+        with contextlib.suppress(OSError):
+          epath.Path(self.step_dir(step)).rmtree()
+      else:
+        shutil.rmtree(self.step_dir(step), ignore_errors=True)
     if doomed:
       self._manager.reload()
 
@@ -243,6 +286,11 @@ class Checkpointer:
     if jax.process_index() != 0:
       return
     pattern = f"{'*' if step is None else step}.orbax-checkpoint-tmp*"
+    if _remote(self.directory):
+      with contextlib.suppress(OSError):
+        for path in epath.Path(self.directory).glob(pattern):
+          path.rmtree()
+      return
     for path in glob.glob(os.path.join(glob.escape(self.directory), pattern)):
       shutil.rmtree(path, ignore_errors=True)
 
@@ -275,12 +323,14 @@ class Checkpointer:
 
   def has_data_state(self, step: int) -> bool:
     """Whether the checkpoint of `step` holds a data iterator position."""
-    return os.path.isdir(os.path.join(self.directory, str(step), "data"))
+    return epath.Path(os.path.join(self.directory, str(step), "data")).is_dir()
 
   def _check_access(self, step: int) -> None:
     """Raises `CheckpointAccessError` naming the first file or directory of `step` that
     this user may not read (permissions are not corruption: nothing is renamed)."""
     top = self.step_dir(step)
+    if _remote(top):   # permissions are the object store's: Orbax reports them on read
+      return
     for root, dirs, files in os.walk(top, onerror=lambda e: None):
       for path, mode in ([(root, os.R_OK | os.X_OK)]
                          + [(os.path.join(root, f), os.R_OK) for f in files]):
@@ -429,6 +479,13 @@ class Checkpointer:
     if jax.process_index() == 0:
       for step in steps:
         path = os.path.join(self.directory, str(step))
+        if _remote(path):
+          if epath.Path(path).is_dir():
+            target, n = f"{path}.unreadable", 1
+            while epath.Path(target).exists():
+              target, n = f"{path}.unreadable{n}", n + 1
+            epath.Path(path).rename(target)
+          continue
         if os.path.isdir(path):
           target, n = f"{path}.unreadable", 1
           while os.path.exists(target):

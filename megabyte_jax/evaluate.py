@@ -1,6 +1,7 @@
 """Bits per byte of a trained model on local files.
 
     python -m megabyte_jax.evaluate --workdir=DIR [--files=GLOB] [--step=N] [--stride=S]
+    megabyte-evaluate --workdir=DIR        # the same, as an installed command
 
 Loads the configuration written by training and the latest (or `--step`) checkpoint, scores
 every byte of every matching file (each file from an empty context, in windows of the
@@ -12,6 +13,10 @@ advance by S bytes and each scores only its last S bytes (a document's first win
 all of its bytes), so every byte is still scored exactly once but sees up to `seq_len - S`
 bytes more left context (`megabyte_jax.scoring.strided_windows`). It costs about
 `seq_len / S` times as much.
+
+A progress bar (batches scored) goes to stderr when it is a terminal (`--progress` forces
+it, `--noprogress` turns it off). Importing this module defines no command-line flags;
+running it does (`define_flags`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from typing import Optional
 
 from absl import app, flags
 from megabyte_jax.data import load_byte_data, load_eval_files, validation_documents
@@ -29,19 +35,63 @@ from megabyte_jax.scoring import (check_stride, evaluate_windows, make_eval_step
                                   strided_windows)
 from megabyte_jax.workdir import load_trained
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training directory (holds config.json).")
-_FILES = flags.DEFINE_string(
-    "files", None, "Directory or glob (** recurses) of files to score; default: the "
-    "validation split of the training data.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Windows per batch; default: config.")
-_STRIDE = flags.DEFINE_integer(
-    "stride", None, "Strided evaluation: overlapping windows that advance by this many bytes "
-    "(a multiple of the patch size, at most seq_len) and score only their last STRIDE bytes, "
-    "giving each byte more left context; default: plain consecutive windows.")
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the command line's flags (only when the command runs, so that importing this
+  module next to `megabyte_jax.train` or another program defines no flag twice)."""
+  flags.DEFINE_string("workdir", None, "Training directory (holds config.json).",
+                      flag_values=flag_values)
+  flags.DEFINE_string(
+      "files", None, "Directory or glob (** recurses) of files to score; default: the "
+      "validation split of the training data.", flag_values=flag_values)
+  flags.DEFINE_integer("step", None, "Checkpoint step to load; default: the latest.",
+                       flag_values=flag_values)
+  flags.DEFINE_integer("batch_size", None, "Windows per batch; default: config.",
+                       flag_values=flag_values)
+  flags.DEFINE_integer(
+      "stride", None, "Strided evaluation: overlapping windows that advance by this many "
+      "bytes (a multiple of the patch size, at most seq_len) and score only their last STRIDE "
+      "bytes, giving each byte more left context; default: plain consecutive windows.",
+      flag_values=flag_values)
+  flags.DEFINE_bool("progress", None, "Show a progress bar on stderr; default: when stderr "
+                    "is a terminal.", flag_values=flag_values)
+
+
+class _Flag:
+  """The value of the flag `name` (read when used, after parsing)."""
+
+  def __init__(self, name: str):
+    self.name = name
+
+  @property
+  def value(self):
+    return flags.FLAGS[self.name].value
+
+
+_WORKDIR, _FILES, _STEP, _BATCH, _STRIDE, _PROGRESS = map(
+    _Flag, ("workdir", "files", "step", "batch_size", "stride", "progress"))
+
+
+def counting(eval_step, total: int, enabled: bool):
+  """`eval_step` that advances a tqdm bar of `total` batches on stderr at each call (the
+  bar counts batches dispatched; `enabled=False`: `eval_step` itself). Returns
+  `(step, close)`."""
+  if not enabled:
+    return eval_step, lambda: None
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  bar = tqdm(total=total, unit="batch", desc="evaluate", file=sys.stderr, dynamic_ncols=True)
+
+  def step(*args):
+    out = eval_step(*args)
+    bar.update(1)
+    return out
+
+  return step, bar.close
 
 
 def main(argv):
+  """The command: one JSON line with the bits per byte; a user mistake exits with one line."""
   quiet_logging()
   del argv
   if not _WORKDIR.value:
@@ -72,7 +122,12 @@ def main(argv):
       data = load_byte_data(config.data, seq_len, model.config.patch_size)
       windows, files, source = data.eval, data.eval_files, f"{config.data.files} (validation)"
     batch = _BATCH.value or config.eval.batch_size
-    result = evaluate_windows(make_eval_step(model), params, windows, batch)
+    show = sys.stderr.isatty() if _PROGRESS.value is None else _PROGRESS.value
+    step_fn, close = counting(make_eval_step(model), -(-len(windows.tokens) // batch), show)
+    try:
+      result = evaluate_windows(step_fn, params, windows, batch)
+    finally:
+      close()
     if not math.isfinite(result["bpb"]):
       raise CheckpointError(f"the model of step {step} in {_WORKDIR.value} gives a "
                             f"non-finite bits per byte ({result['bpb']}); its parameters or "
@@ -86,5 +141,11 @@ def main(argv):
   print(json.dumps(report))
 
 
+def run(argv: Optional[list[str]] = None) -> None:
+  """The `megabyte-evaluate` command (and `python -m megabyte_jax.evaluate`)."""
+  define_flags()
+  app.run(main, argv=argv, flags_parser=parse_flags)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  run()

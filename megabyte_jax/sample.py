@@ -291,6 +291,11 @@ def main(argv):
     sys.exit(f"error: {e}")
 
 
-if __name__ == "__main__":
+def run(argv: Optional[list[str]] = None) -> None:
+  """The `megabyte-sample` command (and `python -m megabyte_jax.sample`)."""
   _define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, argv=argv, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,9 +1,17 @@
 """Trains a MEGABYTE model (or the byte-transformer baseline).
 
-    python -m megabyte_jax.train --config=experiments/configs/default.py --workdir=runs/default
+    python -m megabyte_jax.train --config=default --workdir=runs/default   # or megabyte-train
     python -m megabyte_jax.train --config=experiments/configs/default.py --workdir=DIR \\
         --config.train.steps=100 --config.model.global_layers=2
     python -m megabyte_jax.train --workdir=DIR        # resume with the saved config
+    python -m megabyte_jax.train --workdir=DIR --config.train.steps=5000   # extend it
+
+`--config` takes a packaged config's name (`tiny`, `default`, `transformer`, or
+`megabyte_jax:NAME`), a config file, or a run's saved `config.json`. Without `--config`, a
+`--workdir` that holds a run continues it, with any `--config.x=` overrides applied on top of
+its saved config. A `--config` whose data section differs from the saved run's is refused
+(the run would silently switch corpus) unless `--allow_data_change`. The work directory may
+be remote (`gs://BUCKET/run`).
 
 The resolved config goes to `DIR/config.json`, checkpoints to `DIR/checkpoints` (resumed
 automatically), metrics to `DIR/metrics.jsonl` and TensorBoard files to `DIR/tb`. At the end
@@ -30,6 +38,7 @@ import numpy as np
 
 from megabyte_jax import checkpoint as checkpoint_lib
 from megabyte_jax import config_checks
+from megabyte_jax import configs as configs_lib
 from megabyte_jax import data as data_lib
 from megabyte_jax import scoring as evaluate_lib
 from megabyte_jax import metrics as metrics_lib
@@ -44,15 +53,36 @@ from megabyte_jax.models import build_model
 from megabyte_jax import sharding as sharding_lib
 from megabyte_jax.train_step import make_train_step, mesh_context
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (experiments/configs/NAME.py); optional when "
-    "--workdir already holds a run.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, metrics.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a tqdm progress bar.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", None, "Call jax.distributed.initialize() before training (multi-host "
-    "runs). Default: when the environment asks for it (JAX_COORDINATOR_ADDRESS, a multi-host "
-    "TPU slice, SLURM).")
+_CONFIG_HELP = ("Experiment config: a packaged config's name (tiny, default, transformer, or "
+                "megabyte_jax:NAME), a config file (experiments/configs/NAME.py), or a run's "
+                "config.json; optional when --workdir already holds a run.")
+
+
+def define_flags(saved_config: Optional[ml_collections.ConfigDict] = None,
+                 flag_values: flags.FlagValues = flags.FLAGS,
+                 argv: Optional[list[str]] = None) -> None:
+  """Defines the command line's flags (only when the command runs, so that importing this
+  module defines none). With `saved_config`, `--config` holds it and `--config.x=`
+  overrides apply to it (a resumed run, or `--config=RUN/config.json`). `argv`: the command
+  line the `--config.x=` overrides are read from (default: `sys.argv`)."""
+  if saved_config is None:
+    config_flags.DEFINE_config_file("config", None, _CONFIG_HELP, flag_values=flag_values,
+                                    lock_config=True, sys_argv=argv)
+  else:
+    config_flags.DEFINE_config_dict("config", saved_config, _CONFIG_HELP,
+                                    flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "Directory for config, checkpoints, metrics (local, "
+                      "or remote such as gs://BUCKET/run).", flag_values=flag_values)
+  flags.DEFINE_bool("progress", None, "Show a tqdm progress bar; --noprogress prints a log "
+                    "line every train.log_every steps instead. Default: a bar when stderr is "
+                    "a terminal.", flag_values=flag_values)
+  flags.DEFINE_bool("allow_data_change", False, "Let a --config whose data section differs "
+                    "from the saved run's continue that run (on the new data).",
+                    flag_values=flag_values)
+  flags.DEFINE_bool(
+      "distributed", None, "Call jax.distributed.initialize() before training (multi-host "
+      "runs). Default: when the environment asks for it (JAX_COORDINATOR_ADDRESS, a "
+      "multi-host TPU slice, SLURM).", flag_values=flag_values)
 
 
 # In a multi-process run every process must stop at the same step boundary (the save is a
@@ -111,11 +141,15 @@ class _Progress:
       self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
                        file=sys.stderr)
 
-  def update(self, n: int, **postfix: Any) -> None:
+  def update(self, n: int, step: Optional[int] = None, **postfix: Any) -> None:
+    """Advances the bar by `n` steps; without a bar, prints `step` and `postfix` as one
+    log line."""
     if self._bar is not None:
       self._bar.update(n)
       if postfix:
         self._bar.set_postfix(postfix, refresh=False)
+    elif self._enabled and step is not None:
+      print(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in postfix.items()), flush=True)
 
   def write(self, line: str) -> None:
     if self._bar is not None:
@@ -128,9 +162,14 @@ class _Progress:
       self._bar.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       progress: bool = False) -> dict:
+def train_and_evaluate(config: Optional[ml_collections.ConfigDict], workdir: str,
+                       progress: bool = False, allow_data_change: bool = False) -> dict:
   """Runs (or resumes) training in `workdir`; returns the final metrics.
+
+  `config` None continues the run saved in `workdir`; a config given for a workdir that
+  holds a run must keep its model and (unless `allow_data_change`) its data section
+  (`workdir.resolve_config`). `progress`: a tqdm bar, else a log line every
+  `train.log_every` steps.
 
   Returns a dict with `step`, `params`, `train_bpb` (of the last logged window),
   `eval_bpb` and `eval_bytes` (when `train.final_eval`) and `sample` (the generated
@@ -141,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   every process feeds its own share of the batch, and only process 0 writes the config,
   metrics and progress.
   """
-  config = workdir_lib.resolve_config(workdir, config)
+  config = workdir_lib.resolve_config(workdir, config, allow_data_change=allow_data_change)
   config_checks.check_config(config)   # before anything is written
   model, model_cfg = build_model(config.model)
   is_main = jax.process_index() == 0          # logs, metrics and config from one process
@@ -160,8 +199,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise ConfigError(f"train.batch_size={t.batch_size} must split into "
                       f"train.grad_accum_steps={grad_accum} microbatches that are each a "
                       f"multiple of the mesh's data x fsdp size ({data_shards})")
-  lock = workdir_lock.WorkdirLock(workdir, enabled=is_main).acquire()
-  had_config = os.path.exists(workdir_lib.config_path(workdir))
+  remote = workdir_lib.is_remote(workdir)
+  if is_main and remote:
+    print(f"note: {workdir} is remote, where no lock file can be held: start one trainer "
+          f"per work directory", file=sys.stderr, flush=True)
+  lock = workdir_lock.WorkdirLock(os.path.expanduser(workdir),
+                                  enabled=is_main and not remote).acquire()
+  had_config = workdir_lib.as_path(workdir_lib.config_path(workdir)).exists()
   try:
     return _train_locked(config, workdir, progress, model, model_cfg, mesh, data_shards,
                          grad_accum, is_main)
@@ -170,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # model it never trained.
     if is_main and not had_config and not _has_checkpoints(workdir):
       with contextlib.suppress(OSError):
-        os.remove(workdir_lib.config_path(workdir))
+        workdir_lib.as_path(workdir_lib.config_path(workdir)).unlink()
     raise
   finally:
     lock.release()
@@ -191,9 +235,9 @@ def _finish_saves(checkpointer: checkpoint_lib.Checkpointer) -> str:
 
 
 def _has_checkpoints(workdir: str) -> bool:
-  directory = os.path.join(workdir, checkpoint_lib.CHECKPOINT_SUBDIR)
+  directory = workdir_lib.as_path(workdir) / checkpoint_lib.CHECKPOINT_SUBDIR
   try:
-    return any(name.isdigit() for name in os.listdir(directory))
+    return any(path.name.isdigit() for path in directory.iterdir())
   except OSError:
     return False
 
@@ -311,7 +355,7 @@ def _train_locked(config, workdir, progress, model, model_cfg, mesh, data_shards
                                    / max(elapsed, 1e-9))
           postfix["bytes/s"] = f"{record['bytes_per_s']:,.0f}"
         writer.write(step, record)
-        bar.update(len(window), **postfix)
+        bar.update(len(window), step=step, **postfix)
         window, timed_steps = [], 0
         window_start = time.perf_counter()
       paused = False
@@ -374,21 +418,27 @@ def _train_locked(config, workdir, progress, model, model_cfg, mesh, data_shards
 
 
 def main(argv):
+  """The command, once `define_flags` and absl have parsed the command line."""
+  values = flags.FLAGS
   quiet_logging()
   # Multi-host runs: before any device use.
-  sharding_lib.maybe_initialize_distributed(force=_DISTRIBUTED.value)
+  sharding_lib.maybe_initialize_distributed(force=values.distributed)
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if not _WORKDIR.value:
+  if not values.workdir:
     sys.exit("error: --workdir is required")
-  config = _CONFIG.value
+  config = values.config
   if config is not None and not isinstance(config, ml_collections.ConfigDict):
     try:  # config_flags hands back a stand-in that raises the load error when touched
       config.keys()
     except Exception as e:  # pylint: disable=broad-except
       sys.exit(f"error: cannot load the --config file: {' '.join(str(e).split())}")
+  progress = values.progress
+  if progress is None:
+    progress = sys.stderr.isatty()
   try:
-    train_and_evaluate(config, _WORKDIR.value, progress=_PROGRESS.value)
+    train_and_evaluate(config, values.workdir, progress=progress,
+                       allow_data_change=values.allow_data_change)
   except Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
@@ -398,5 +448,36 @@ def main(argv):
     sys.exit(130)
 
 
+def _saved_config(argv: list[str]) -> tuple[list[str], Optional[ml_collections.ConfigDict]]:
+  """The config that `--config` overrides apply to when it is not a config file: a run's
+  `config.json` given as `--config`, or, without `--config`, the run saved in `--workdir`.
+  Returns the command line (without a `--config=*.json`) and that config (or None)."""
+  index, value = configs_lib.flag_value(argv, "config")
+  if value is not None and value.endswith(".json"):
+    stop = index + (1 if "=" in argv[index] else 2)
+    return argv[:index] + argv[stop:], workdir_lib.load_config_file(value)
+  if index is not None:
+    return argv, None
+  _, workdir = configs_lib.flag_value(argv, "workdir")
+  if workdir and workdir_lib.as_path(workdir_lib.config_path(workdir)).exists():
+    return argv, workdir_lib.load_config(workdir)
+  if any(arg.startswith("--config.") for arg in argv):
+    sys.exit("error: --config.x=... overrides need a config: pass --config=NAME or a file, "
+             "or a --workdir that already holds a run")
+  return argv, None
+
+
+def run(argv: Optional[list[str]] = None) -> None:
+  """The `megabyte-train` command (and `python -m megabyte_jax.train`): defines the flags,
+  resolves `--config` and runs `main`."""
+  try:
+    argv = configs_lib.resolve_argv(sys.argv if argv is None else argv)
+    argv, saved = _saved_config(argv)
+  except MegabyteError as e:
+    sys.exit(f"error: {e}")
+  define_flags(saved, argv=argv)
+  app.run(main, argv=argv, flags_parser=parse_flags)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  run()

@@ -6,36 +6,75 @@
     DIR/tb/              TensorBoard event files
 
 Later commands (`evaluate`, resumed training) need only `--workdir=DIR`.
+
+A work directory may be local or remote: every path goes through `etils.epath`, so
+`gs://BUCKET/run`, `s3://...` (with gcsfs / s3fs installed) and local paths all work.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
+from etils import epath
 import flax.linen as nn
 import ml_collections
 
 from megabyte_jax.checkpoint import Checkpointer
 from megabyte_jax.config import LEGACY_MEGABYTE_DEFAULTS, LEGACY_TRANSFORMER_DEFAULTS
-from megabyte_jax.errors import CheckpointError, ConfigError
+from megabyte_jax.errors import CheckpointError, ConfigError, DataError
 from megabyte_jax.models import build_model
 from megabyte_jax.train_state import abstract_train_state, make_optimizer
 
 CONFIG_FILE = "config.json"
 
 
-def config_path(workdir: str) -> str:
+PathLike = Union[str, os.PathLike]
+
+
+def is_remote(path: PathLike) -> bool:
+  """Whether `path` is a URI (`gs://...`, `s3://...`) rather than a local path."""
+  return "://" in os.fspath(path)
+
+
+def as_path(path: PathLike) -> epath.Path:
+  """`path` as an `epath.Path` (a local path with `~` expanded)."""
+  path = os.fspath(path)
+  return epath.Path(path if is_remote(path) else os.path.expanduser(path))
+
+
+def check_workdir(workdir: PathLike) -> None:
+  """Refuses a `--workdir` that exists but is not a directory.
+
+  Raises:
+    ConfigError: naming it.
+  """
+  path = as_path(workdir)
+  try:
+    if path.exists() and not path.is_dir():
+      raise ConfigError(f"--workdir {os.fspath(workdir)} is a file, not a directory; give a "
+                        f"directory (it is created when missing)")
+  except OSError as e:
+    raise ConfigError(f"cannot use --workdir {os.fspath(workdir)}: {e.strerror or e}") from e
+
+
+def config_path(workdir: PathLike) -> str:
   """Path of the resolved config inside `workdir`."""
-  return os.path.join(workdir, CONFIG_FILE)
+  return os.fspath(as_path(workdir) / CONFIG_FILE)
 
 
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> str:
-  """Writes `config` as JSON to `DIR/config.json` (atomically); returns the path."""
-  os.makedirs(workdir, exist_ok=True)
+def save_config(workdir: PathLike, config: ml_collections.ConfigDict) -> str:
+  """Writes `config` as JSON to `DIR/config.json` (atomically); returns the path.
+
+  Locally through a temporary file and a rename; remotely as one object upload (object
+  stores replace an object whole)."""
+  as_path(workdir).mkdir(parents=True, exist_ok=True)
   path = config_path(workdir)
   text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+  if is_remote(path):
+    epath.Path(path).write_text(text, encoding="utf-8")
+    return path
   tmp = f"{path}.tmp{os.getpid()}"
   try:
     with open(tmp, "w", encoding="utf-8") as f:
@@ -50,7 +89,7 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   return path
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def load_config(workdir: PathLike) -> ml_collections.ConfigDict:
   """Reads `DIR/config.json` back into a ConfigDict.
 
   JSON has no tuples: the model section's arrays (`patch_sizes`, `conv_kernel_sizes`, ...,
@@ -61,15 +100,26 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   Raises:
     ConfigError: when the file is missing or is not valid JSON.
   """
+  check_workdir(workdir)
   path = config_path(workdir)
-  if not os.path.exists(path):
-    raise ConfigError(f"no {CONFIG_FILE} in {workdir!r}: not a training directory "
-                      f"(train into it first, or pass --config)")
+  if not epath.Path(path).exists():
+    raise ConfigError(f"no {CONFIG_FILE} in {os.fspath(workdir)!r}: not a training directory "
+                      f"(train into it first: megabyte-train --config=NAME --workdir=DIR)")
+  return load_config_file(path)
+
+
+def load_config_file(path: PathLike) -> ml_collections.ConfigDict:
+  """Reads a saved `config.json` (any path) into a ConfigDict; see `load_config`.
+
+  Raises:
+    ConfigError: when the file is missing or is not valid JSON.
+  """
   try:
-    with open(path, encoding="utf-8") as f:
-      values = json.load(f)
+    values = json.loads(as_path(path).read_text(encoding="utf-8"))
   except (OSError, ValueError) as e:
-    raise ConfigError(f"cannot read {path}: {e}") from e
+    raise ConfigError(f"cannot read {os.fspath(path)}: {e}") from e
+  if not isinstance(values, dict):
+    raise ConfigError(f"{os.fspath(path)} does not hold a config (a JSON object)")
   if isinstance(values.get("model"), dict):
     values["model"] = {k: tuple(v) if isinstance(v, list) else v
                        for k, v in values["model"].items()}
@@ -115,33 +165,57 @@ def _checkpoint_fields(model_section: ml_collections.ConfigDict) -> dict:
   return {k: v for k, v in values.items() if k not in RUNTIME_MODEL_FIELDS}
 
 
-def resolve_config(workdir: str, config: Optional[ml_collections.ConfigDict]
-                   ) -> ml_collections.ConfigDict:
+# Data fields that change how fast the input pipeline reads, not which bytes it yields.
+RUNTIME_DATA_FIELDS = ("read_threads", "prefetch")
+
+
+def _data_fields(data_section: ml_collections.ConfigDict) -> dict:
+  return {k: v for k, v in data_section.to_dict().items() if k not in RUNTIME_DATA_FIELDS}
+
+
+def resolve_config(workdir: PathLike, config: Optional[ml_collections.ConfigDict],
+                   allow_data_change: bool = False) -> ml_collections.ConfigDict:
   """The config a training run in `workdir` should use.
 
-  With no `config`, the one saved in `workdir` (resuming a run needs only `--workdir`).
-  With a `config` and a saved one, the model section must match (the checkpoints hold that
-  model) except for `RUNTIME_MODEL_FIELDS`; other sections may change, e.g. more
-  `train.steps` to extend a finished run, or another mesh.
+  With no `config`, the one saved in `workdir` (resuming a run needs only `--workdir`; the
+  command line applies `--config.x=` overrides on top of it). With a `config` and a saved
+  one, the model section must match (the checkpoints hold that model) except for
+  `RUNTIME_MODEL_FIELDS`, and so must the data section (a resumed run would silently train
+  and validate on other bytes) except for `RUNTIME_DATA_FIELDS`, unless
+  `allow_data_change`; other sections may change, e.g. more `train.steps` to extend a
+  finished run, or another mesh.
 
   Raises:
     ConfigError: no config anywhere, or a model that differs from the saved run's.
+    DataError: a data section that differs from the saved run's (without
+      `allow_data_change`).
   """
+  check_workdir(workdir)
   if config is None:
     return load_config(workdir)
-  if os.path.exists(config_path(workdir)):
+  if epath.Path(config_path(workdir)).exists():
     saved = load_config(workdir)
     changed = _diff(_checkpoint_fields(saved.model), _checkpoint_fields(config.model), "model")
     if changed:
       raise ConfigError(
-          f"{workdir!r} holds a run of a different model ({'; '.join(changed)}); use a new "
-          f"--workdir, or drop --config to resume the saved run")
+          f"{os.fspath(workdir)!r} holds a run of a different model ({'; '.join(changed)}); "
+          f"use a new --workdir, or drop --config to resume the saved run")
+    if "data" in saved and "data" in config and not allow_data_change:
+      changed = _diff(_data_fields(saved.data), _data_fields(config.data), "data")
+      if changed:
+        raise DataError(
+            f"{os.fspath(workdir)!r} was trained on other data ({'; '.join(changed)}); drop "
+            f"--config to continue the saved run (overrides such as --config.train.steps=N "
+            f"apply to it), or pass --allow_data_change to train on the new data")
   return config
 
 
-def load_trained(workdir: str, step: Optional[int] = None
+def load_trained(workdir: PathLike, step: Optional[int] = None
                  ) -> tuple[ml_collections.ConfigDict, nn.Module, Any, int]:
-  """Loads a trained model from a work directory.
+  """Loads a trained model from a work directory (local or remote).
+
+      config, model, params, step = megabyte_jax.load_trained("runs/default")
+      logits = model.apply({"params": params}, tokens)
 
   Returns:
     `(config, model, params, step)`: the saved config, the flax module, its parameters at

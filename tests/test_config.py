@@ -97,7 +97,7 @@ def test_shipped_configs_build(name):
   config = module.get_config()
   _, model_cfg = build_model(config.model)
   assert config.data.files == "stdlib"
-  if name == "reference":   # the shared benchmark shape (../shared/bench/README.md)
+  if name == "reference":   # the shared benchmark shape (BENCHMARKS.md)
     from megabyte_jax.flops import model_cost
     assert (model_cfg.seq_len, model_cfg.patch_size, model_cfg.global_dim,
             model_cfg.local_dim, model_cfg.global_layers, model_cfg.local_layers) == (

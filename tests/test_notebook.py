@@ -50,3 +50,39 @@ def test_notebook_runs_top_to_bottom(monkeypatch, tmp_path):
   images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
             if "image/png" in o.get("data", {})]
   assert len(images) >= 2
+
+
+def _install_cell(source: str, cwd: str):
+  """Runs the notebook's install cell with PACKAGE_SOURCE=`source` in `cwd`, as on a fresh
+  runtime (megabyte_jax not importable) and with pip replaced by a recorder; returns the
+  process, whose stdout holds the pip command lines."""
+  import subprocess
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  cell = nb.cells[1].source.replace('PACKAGE_SOURCE = ""', f"PACKAGE_SOURCE = {source!r}")
+  prelude = ("import importlib.util, subprocess, sys\n"
+             "_find = importlib.util.find_spec\n"
+             "importlib.util.find_spec = lambda n, *a: None if n == 'megabyte_jax' else "
+             "_find(n, *a)\n"
+             "subprocess.check_call = lambda cmd: print('PIP', ' '.join(cmd))\n")
+  return subprocess.run([sys.executable, "-c", prelude + cell], cwd=cwd, capture_output=True,
+                        text=True, timeout=120)
+
+
+def test_notebook_install_cell_says_what_to_do_without_a_source(tmp_path):
+  proc = _install_cell("", str(tmp_path))
+  assert proc.returncode != 0 and "PIP" not in proc.stdout
+  assert "NoPackageSource: megabyte-jax is not installed and PACKAGE_SOURCE is empty" in \
+      proc.stderr
+
+
+def test_notebook_install_cell_keeps_the_runtime_jax(tmp_path):
+  import jax
+  proc = _install_cell("https://example.org/megabyte-jax.git", str(tmp_path))
+  assert proc.returncode == 0, proc.stderr
+  pip = [line for line in proc.stdout.splitlines() if line.startswith("PIP")]
+  assert len(pip) == 1 and "git+https://example.org/megabyte-jax.git" in pip[0]
+  constraint = pip[0].split("--constraint ")[1].split()[0]
+  with open(constraint, encoding="utf-8") as f:
+    assert f"jax=={jax.__version__}" in f.read()
+  proc = _install_cell("", REPO)   # a checkout around the notebook
+  assert proc.returncode == 0 and REPO in proc.stdout

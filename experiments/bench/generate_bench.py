@@ -11,7 +11,7 @@ full forward pass over the window per byte, batch 1 only). The first line descri
 (device, versions, configs, parameter counts).
 
 Presets:
-  reference  the shared benchmark configuration (shared/bench/README.md): seq_len 8192,
+  reference  the shared benchmark configuration (BENCHMARKS.md): seq_len 8192,
              patch 8, global 1024 x 12 layers, local 512 x 6 layers, 8 heads of 64, bf16;
              baseline byte transformer 512 x 10 layers, 8 heads of 64 (~1/4 the parameters).
   tiny       a few-second CPU check of the same code path.

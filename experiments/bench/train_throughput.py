@@ -18,7 +18,7 @@ ended by `block_until_ready`, the median of `--repeats` repeats after `--warmup`
 line: device, device count, mesh, jax version, config, parameters, bytes per step, step
 time, bytes/s, peak memory (of the busiest device), model FLOPs per trained byte
 (`megabyte_jax.flops`) and MFU against `--peak_tflops` per device (805: the bf16 dense matmul
-rate measured on an H100, see ../shared/bench/README.md).
+rate measured on an H100, see BENCHMARKS.md).
 
 With `--peer=SCRIPT` it first runs the peer benchmark (MEGABYTE-pytorch, its own Python
 environment through `--peer_pythonpath`) on the same GPU in the same invocation (first, so

@@ -1,28 +1,5 @@
-"""The quickstart model: a small MEGABYTE trained on the Python standard library on a CPU.
+"""Moved into the package: megabyte_jax/configs/default.py is the one source (installed with
+`pip install`; `--config=default` finds it). This file keeps `--config=experiments/configs/default.py`
+working from a checkout."""
 
-`make train` runs this config: 0.94M parameters, 512-byte windows of 64 patches of 8 bytes,
-3,000 steps of 8 windows (12.3M bytes) in about eight minutes on two CPU cores, then a full
-pass over the held-out files (2% of the stdlib's files, ~0.5 MB) and a sample. The sizes were chosen by short timed runs on that
-machine (smaller than the paper's models because the budget is minutes of CPU, not GPU-days):
-at a fixed wall-clock budget a narrow local model and small batches learn fastest.
-"""
-
-from megabyte_jax.experiment import base_config
-
-
-def get_config():
-  """Returns the experiment ConfigDict."""
-  config = base_config(
-      "megabyte", seq_len=512, patch_size=8,
-      global_dim=128, global_layers=4, global_heads=2,   # D_G = 128 / 8 = 16 per byte
-      local_dim=64, local_layers=2, local_heads=2)
-  config.train.steps = 3000
-  config.train.batch_size = 8
-  config.train.learning_rate = 5e-3
-  config.train.warmup_steps = 100
-  config.train.log_every = 20
-  config.train.eval_every = 500
-  config.train.eval_batches = 4
-  config.train.checkpoint_every = 500
-  config.data.eval_fraction = 0.02
-  return config
+from megabyte_jax.configs.default import get_config  # pylint: disable=unused-import

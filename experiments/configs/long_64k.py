@@ -1,6 +1,6 @@
 """MEGABYTE on 65,536-byte sequences: the peer benchmark's long shape, on one GPU.
 
-The shape of the long-context run in ../shared/bench/README.md (MEGABYTE-pytorch, eager:
+The shape of the long-context run in BENCHMARKS.md (MEGABYTE-pytorch, eager:
 seq_len 65,536, patch 16, global 1024 x 12 layers, local 512 x 4 layers, 8 heads of 64,
 batch 4, bf16; RMSNorm and no biases, as the peer's attention blocks), so our throughput and
 memory sit beside the peer's in BENCHMARKS.md (figures before session 5 used LayerNorm with

@@ -5,11 +5,17 @@ that `megabyte_jax.data.pipeline.training_batches` turns into packed, shuffled, 
 checkpointable batches) and the validation windows for the configured source. The default
 source is `local_files` (any directory or glob, default the Python standard library); see
 `megabyte_jax.data.local_files`.
+
+Small corpora: when the split by whole files (a hash of each path) would leave the training
+or the validation split empty, as for a single file (an enwik8-style corpus) or a folder of a
+few files, every file is split by bytes instead: its last `data.eval_fraction` of bytes
+validate, the rest trains (`split_by_bytes`). No byte is in both splits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Optional
 
@@ -26,7 +32,8 @@ DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
 __all__ = ["STDLIB", "SOURCES", "ByteData", "DataError", "EvalWindows", "InMemorySource",
            "eval_windows", "load_byte_data", "load_eval_files", "separator_of",
-           "split_file_lists", "training_batches", "validation_documents"]
+           "split_by_bytes", "split_documents", "split_file_lists", "training_batches",
+           "validation_documents"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +72,53 @@ def split_file_lists(data_cfg) -> tuple[list[str], list[str]]:
   Raises:
     DataError: no matching files, or an empty split.
   """
+  files, train_files, eval_files = _file_split(data_cfg)
+  for split, chosen in (("training", train_files), ("validation", eval_files)):
+    if not chosen:
+      raise DataError(
+          f"the {split} split of {data_cfg.files!r} is empty ({len(files)} file(s) matched, "
+          f"data.eval_fraction={data_cfg.eval_fraction}); match more files or set "
+          f"data.eval_files to a separate validation glob")
+  return train_files, eval_files
+
+
+def split_by_bytes(docs: list[np.ndarray], eval_fraction: float
+                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Splits each document by bytes: its last `ceil(len * eval_fraction)` bytes validate, the
+  rest trains. Returns `(training documents, validation documents)`; no byte is in both."""
+  train, evaluation = [], []
+  for doc in docs:
+    held = min(len(doc), math.ceil(len(doc) * eval_fraction))
+    train.append(doc[:len(doc) - held])
+    evaluation.append(doc[len(doc) - held:])
+  return train, evaluation
+
+
+def split_documents(data_cfg) -> tuple[list[np.ndarray], list[np.ndarray], list[str], bool]:
+  """The training and validation documents of a local-files source:
+  `(train docs, validation docs, validation file names, by_bytes)`.
+
+  By whole files (`split_file_lists`) where that gives both splits files; otherwise, with no
+  `data.eval_files` and `data.eval_fraction > 0` (a single file, or a folder of a few
+  files), by bytes within every file (`split_by_bytes`; `by_bytes` is True).
+
+  Raises:
+    DataError: no matching files, unreadable files, or an empty split.
+  """
+  files, train_files, eval_files = _file_split(data_cfg)
+  if (train_files and eval_files) or data_cfg.get("eval_files") or not (
+      data_cfg.eval_fraction > 0):
+    train_files, eval_files = split_file_lists(data_cfg)
+    return read_documents(train_files), read_documents(eval_files), eval_files, False
+  train, evaluation = split_by_bytes(read_documents(files), data_cfg.eval_fraction)
+  if not sum(len(d) for d in evaluation):
+    raise DataError(f"the validation split of {data_cfg.files!r} is empty: its "
+                    f"{len(files)} file(s) hold no bytes")
+  return train, evaluation, files, True
+
+
+def _file_split(data_cfg) -> tuple[list[str], list[str], list[str]]:
+  """`(all files, training files, validation files)` by whole files (may be empty)."""
   skip = bool(data_cfg.get("skip_unreadable", False))
   root, files = resolve_files(data_cfg.files, max_file_bytes=None,   # large: memory-mapped
                               skip_unreadable=skip)
@@ -76,13 +130,7 @@ def split_file_lists(data_cfg) -> tuple[list[str], list[str]]:
   else:
     train_files, eval_files = split_files(root, files, data_cfg.eval_fraction,
                                           data_cfg.split_seed)
-  for split, chosen in (("training", train_files), ("validation", eval_files)):
-    if not chosen:
-      raise DataError(
-          f"the {split} split of {data_cfg.files!r} is empty ({len(files)} file(s) matched, "
-          f"data.eval_fraction={data_cfg.eval_fraction}); match more files or set "
-          f"data.eval_files to a separate validation glob")
-  return train_files, eval_files
+  return files, train_files, eval_files
 
 
 def builder_options(data_cfg, patch_size: int) -> dict:
@@ -119,7 +167,7 @@ def validation_documents(data_cfg, patch_size: int = 1) -> list[np.ndarray]:
     DataError: no matching files, an empty split, unreadable files.
   """
   if data_cfg.name == LOCAL_FILES:
-    return read_documents(split_file_lists(data_cfg)[1])
+    return split_documents(data_cfg)[1]
   validation = _builder_source(data_cfg, patch_size, "validation")
   return [document_bytes(validation[i]) for i in range(len(validation))]
 
@@ -143,10 +191,9 @@ def load_byte_data(data_cfg, seq_len: int, patch_size: int = 1) -> ByteData:
       empty training files, validation windows that would not fit in memory.
   """
   if data_cfg.name == LOCAL_FILES:
-    train_files, eval_files = split_file_lists(data_cfg)
-    train_docs = read_documents(train_files)   # files of MAP_BYTES or more: memory-mapped
+    # files of MAP_BYTES or more: memory-mapped
+    train_docs, eval_docs, eval_files, _ = split_documents(data_cfg)
     train = InMemorySource(train_docs)
-    eval_docs = read_documents(eval_files)
     train_bytes = sum(len(d) for d in train_docs)
     if not train_bytes:   # with a separator, the packer would train on separators alone
       raise DataError(f"no bytes to train on: every training file of {data_cfg.files!r} is "

@@ -3,7 +3,7 @@
     python -m megabyte_jax.train --config=experiments/configs/paper/audio_megabyte.py --workdir=W
     python -m megabyte_jax.train --config=experiments/configs/paper/audio_megabyte.py:small ...
 
-Where each number comes from (`../shared/paper/FACTS.md`):
+Where each number comes from (the paper, arXiv:2305.07185):
 - Table 15, audio row: global 350M (width 1024, 24 layers), local 125M (width 768,
   12 layers), batch 256, learning rate 2e-4, context 524,288 bytes, P = 32.
 - Table 14: 1024-wide models have 16 heads of 64; 768-wide ones 12 heads of 64.

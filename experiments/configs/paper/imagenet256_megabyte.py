@@ -7,7 +7,7 @@
     #                        or  --config.model.patch_size=768 --config.data.patch_size=768
     #                        with --config.model.global_dim=P*D_G (paper: 3.178 / 3.158 / 3.186)
 
-Where each number comes from (`../shared/paper/FACTS.md`):
+Where each number comes from (the paper, arXiv:2305.07185):
 - Table 15, ImageNet256 row: global 125M (width 768, 12 layers), local 125M (width 768,
   12 layers), batch 16, learning rate 2e-4, context 196,608 bytes (256 x 256 x 3), P = 192.
 - Table 14: the 125M shape has 12 heads of 64.

@@ -3,7 +3,7 @@
     python -m megabyte_jax.train --config=experiments/configs/paper/imagenet640_megabyte.py --workdir=W
     python -m megabyte_jax.train --config=experiments/configs/paper/imagenet640_megabyte.py:small ...
 
-Where each number comes from (`../shared/paper/FACTS.md`):
+Where each number comes from (the paper, arXiv:2305.07185):
 - Table 15, ImageNet640 row: global 125M (width 768, 12 layers), local 83M (width 768,
   8 layers), batch 32, learning rate 3e-4, context 1,228,800 bytes (640 x 640 x 3), P = 192.
 - Table 14: the 125M shape has 12 heads of 64.

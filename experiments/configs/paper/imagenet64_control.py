@@ -3,7 +3,7 @@
     python -m megabyte_jax.train --config=experiments/configs/paper/imagenet64_control.py --workdir=W
     python -m megabyte_jax.train --config=experiments/configs/paper/imagenet64_control.py:small ...
 
-Where each number comes from (`../shared/paper/FACTS.md`):
+Where each number comes from (the paper, arXiv:2305.07185):
 - Table 15, "ImageNet64 ctrl" row: global 1.3B (width 2048, 24 layers), local 1.3B (width
   2048, 24 layers), batch 256, learning rate 3e-4, context 12,288 bytes, P = 12.
 - Table 14: the 1.3B shape has 32 heads of 64.

@@ -3,7 +3,7 @@
     python -m megabyte_jax.train --config=experiments/configs/paper/imagenet64_megabyte.py --workdir=W
     python -m megabyte_jax.train --config=experiments/configs/paper/imagenet64_megabyte.py:small ...
 
-Where each number comes from (`../shared/paper/FACTS.md`):
+Where each number comes from (the paper, arXiv:2305.07185):
 - Table 15, "ImageNet64 SOTA" row: global 2.7B (width 2560, 32 layers), local 350M (width
   1024, 24 layers), batch 2, learning rate 2e-4, context 12,288 bytes (64 x 64 x 3), P = 12.
 - Table 14: the 2.7B shape has 32 heads of 80; the 350M shape 16 heads of 64.

@@ -3,7 +3,7 @@
     python -m megabyte_jax.train --config=experiments/configs/paper/pg19_megabyte.py --workdir=W
     python -m megabyte_jax.train --config=experiments/configs/paper/pg19_megabyte.py:small ...
 
-Where each number comes from (`../shared/paper/FACTS.md`):
+Where each number comes from (the paper, arXiv:2305.07185):
 - Table 9 (generation speed at equal training compute) and Table 13 (global/local split):
   global 1.3B, local 218M, context 8,192, patch size 8; 0.991 bits per byte on PG-19.
 - Table 14: the 1.3B shape is 24 layers of width 2048, 32 heads of 64.

@@ -3,7 +3,7 @@
     python -m megabyte_jax.train --config=experiments/configs/paper/pg19_transformer.py --workdir=W
     python -m megabyte_jax.train --config=experiments/configs/paper/pg19_transformer.py:small ...
 
-Where each number comes from (`../shared/paper/FACTS.md`):
+Where each number comes from (the paper, arXiv:2305.07185):
 - Table 9: Transformer 350M, context 1,024; 1.064 bits per byte on PG-19, against 0.991 for
   MEGABYTE 1.3B/218M (`pg19_megabyte.py`) at equal training compute.
 - Table 14: the 350M shape is 24 layers of width 1024, 16 heads of 64.

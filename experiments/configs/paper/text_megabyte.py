@@ -3,7 +3,7 @@
     python -m megabyte_jax.train --config=experiments/configs/paper/text_megabyte.py --workdir=W
     python -m megabyte_jax.train --config=experiments/configs/paper/text_megabyte.py:small ...
 
-Where each number comes from (`../shared/paper/FACTS.md` gathers them):
+Where each number comes from (the paper, arXiv:2305.07185):
 - Table 15, text row: global model 758M (width 2048, 14 layers), local model 262M (width
   1024, 18 layers), batch 48, learning rate 2e-4, context 8,192 bytes, patch size 8.
 - Table 14: heads of a 2048-wide model 32 x 64; of a 1024-wide model 16 x 64.

@@ -4,7 +4,7 @@ text row; Tables 2 and 7).
     python -m megabyte_jax.train --config=experiments/configs/paper/text_transformer.py --workdir=W
     python -m megabyte_jax.train --config=experiments/configs/paper/text_transformer.py:small ...
 
-Where each number comes from (`../shared/paper/FACTS.md`):
+Where each number comes from (the paper, arXiv:2305.07185):
 - Table 15, text row: Transformer 320M (width 1024, 22 layers), batch 72, learning rate 2e-4,
   context 1,024 bytes.
 - Table 14: a 1024-wide model has 16 heads of 64.
