@@ -16,6 +16,7 @@ import ml_collections
 
 from megabyte_jax.errors import ConfigError
 from megabyte_jax.models import build_model
+from megabyte_jax.train_state import DECAY_MASKS
 
 
 def _number(section: str, name: str, value: Any) -> float:
@@ -58,6 +59,9 @@ def check_train(t: ml_collections.ConfigDict) -> None:
   for name in ("weight_decay", "grad_clip"):
     if _number("train", name, t[name]) < 0:
       raise ConfigError(f"train.{name} must be >= 0, got {t[name]}")
+  mask = t.get("weight_decay_mask", "kernels")
+  if mask not in DECAY_MASKS:
+    raise ConfigError(f"train.weight_decay_mask must be one of {DECAY_MASKS}, got {mask!r}")
 
 
 def check_data(d: ml_collections.ConfigDict) -> None:

@@ -1,6 +1,7 @@
 """Bits per byte of a trained model on local files.
 
     python -m megabyte_jax.evaluate --workdir=DIR [--files=GLOB] [--step=N] [--stride=S]
+    python -m megabyte_jax.evaluate --workdir=DIR --strided
     megabyte-evaluate --workdir=DIR        # the same, as an installed command
 
 Loads the configuration written by training and the latest (or `--step`) checkpoint, scores
@@ -8,11 +9,16 @@ every byte of every matching file (each file from an empty context, in windows o
 model's `seq_len`), and prints one JSON line with `bpb` and `bytes`. Without `--files` it
 scores the validation split of the training data.
 
-With `--stride=S` (a multiple of the patch size, at most `seq_len`) windows overlap: they
-advance by S bytes and each scores only its last S bytes (a document's first window scores
-all of its bytes), so every byte is still scored exactly once but sees up to `seq_len - S`
-bytes more left context (`megabyte_jax.scoring.strided_windows`). It costs about
-`seq_len / S` times as much.
+With `--stride=S` (a multiple of the patch size, at most `seq_len`), sliding-window
+scoring: windows overlap, advance by S bytes and each scores only its last S bytes (a
+document's first window scores all of its bytes), so every byte is still scored exactly
+once but sees up to `seq_len - S` bytes more left context
+(`megabyte_jax.scoring.strided_windows`). It costs about `seq_len / S` times as much. This
+is the paper's "sliding window" (Table 11), not its strided inference.
+
+With `--strided`, the paper's strided inference (Section 2.3.3, Table 11): two passes
+offset by half a patch, each byte scored in the pass where it falls in the first half of a
+patch (`megabyte_jax.scoring.patch_strided_windows`); twice the plain cost. MEGABYTE only.
 
 A progress bar (batches scored) goes to stderr when it is a terminal (`--progress` forces
 it, `--noprogress` turns it off). Importing this module defines no command-line flags;
@@ -32,7 +38,7 @@ from megabyte_jax.data.local_files import check_eval_memory, read_documents, res
 from megabyte_jax.cli import parse_flags, quiet_logging
 from megabyte_jax.errors import CheckpointError, InputError, MegabyteError
 from megabyte_jax.scoring import (check_stride, evaluate_windows, make_eval_step,
-                                  strided_windows)
+                                  patch_strided_windows, strided_windows)
 from megabyte_jax.workdir import load_trained
 
 
@@ -50,10 +56,15 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("batch_size", None, "Windows per batch; default: config.",
                        flag_values=flag_values)
   flags.DEFINE_integer(
-      "stride", None, "Strided evaluation: overlapping windows that advance by this many "
+      "stride", None, "Sliding-window scoring (not the paper's strided inference: see "
+      "--strided): overlapping windows that advance by this many "
       "bytes (a multiple of the patch size, at most seq_len) and score only their last STRIDE "
       "bytes, giving each byte more left context; default: plain consecutive windows.",
       flag_values=flag_values)
+  flags.DEFINE_bool(
+      "strided", False, "The paper's strided inference (MEGABYTE, Section 2.3.3): two "
+      "passes offset by half a patch, each byte scored where it is in the first half of a "
+      "patch; twice the cost of plain windows.", flag_values=flag_values)
   flags.DEFINE_bool("progress", None, "Show a progress bar on stderr; default: when stderr "
                     "is a terminal.", flag_values=flag_values)
 
@@ -69,8 +80,8 @@ class _Flag:
     return flags.FLAGS[self.name].value
 
 
-_WORKDIR, _FILES, _STEP, _BATCH, _STRIDE, _PROGRESS = map(
-    _Flag, ("workdir", "files", "step", "batch_size", "stride", "progress"))
+_WORKDIR, _FILES, _STEP, _BATCH, _STRIDE, _STRIDED, _PROGRESS = map(
+    _Flag, ("workdir", "files", "step", "batch_size", "stride", "strided", "progress"))
 
 
 def counting(eval_step, total: int, enabled: bool):
@@ -101,10 +112,17 @@ def main(argv):
       raise InputError(f"--batch_size must be at least 1, got {_BATCH.value}")
     config, model, params, step = load_trained(_WORKDIR.value, _STEP.value)
     seq_len = config.model.seq_len
-    stride = _STRIDE.value
-    if stride is not None:
+    stride, strided = _STRIDE.value, _STRIDED.value
+    if stride is not None and strided:
+      raise InputError("--stride (sliding windows) and --strided (the paper's strided "
+                       "inference) are two scorings: choose one")
+    if stride is not None or strided:
       patch_size = model.config.patch_size
-      check_stride(stride, seq_len, patch_size)
+      if strided and patch_size < 2:
+        raise InputError("--strided needs a MEGABYTE model (patches of 2 or more bytes); "
+                         "this is a byte Transformer")
+      if not strided:
+        check_stride(stride, seq_len, patch_size)
       names = None
       if _FILES.value:
         names = resolve_files(_FILES.value, max_file_bytes=None)[1]
@@ -113,8 +131,15 @@ def main(argv):
       else:
         docs = validation_documents(config.data, patch_size)
         source = f"{config.data.files} (validation)"
-      check_eval_memory([len(d) for d in docs], seq_len, stride, names)
-      windows, files = strided_windows(docs, seq_len, stride, patch_size), len(docs)
+      # Strided inference holds about twice the plain windows: as sliding by seq_len / 2.
+      check_eval_memory([len(d) for d in docs], seq_len,
+                        stride or max(patch_size, seq_len // 2 // patch_size * patch_size),
+                        names)
+      if strided:
+        windows = patch_strided_windows(docs, seq_len, patch_size)
+      else:
+        windows = strided_windows(docs, seq_len, stride, patch_size)
+      files = len(docs)
     elif _FILES.value:
       windows, files = load_eval_files(_FILES.value, seq_len)
       source = _FILES.value
@@ -138,6 +163,8 @@ def main(argv):
             "step": step, "source": source, "seconds": result["seconds"]}
   if stride is not None:
     report.update(stride=stride, windows=len(windows.tokens))
+  if strided:
+    report.update(strided=True, windows=len(windows.tokens))
   print(json.dumps(report))
 
 

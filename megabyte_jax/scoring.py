@@ -1,11 +1,19 @@
 """Scoring a model on evaluation windows: summed cross-entropy and bits per byte.
 
 Plain evaluation cuts each document into consecutive model-length windows, so a byte's
-context is only what precedes it in its window. Strided evaluation (the paper's "strided
-inference") gives every byte a longer left context: windows overlap, advancing by `stride`
-bytes, and each window after a document's first scores only its last `stride` bytes, the
-rest of it serving as context. Every byte is still scored exactly once; it costs about
-`seq_len / stride` times the plain evaluation.
+context is only what precedes it in its window. Two ways to do better, each scoring every
+byte exactly once:
+
+- Sliding-window scoring (`strided_windows`, `evaluate --stride=S`) gives every byte a
+  longer left context: windows overlap, advancing by `stride` bytes, and each window after
+  a document's first scores only its last `stride` bytes, the rest of it serving as
+  context. It costs about `seq_len / stride` times the plain evaluation. (This is the
+  paper's "sliding window" row of Table 11, not its strided inference.)
+- The paper's strided inference (Section 2.3.3, Table 11; `patch_strided_windows`,
+  `evaluate --strided`): a MEGABYTE model predicts the last bytes of a patch worse than
+  the first, so the document is run twice, the second time offset by half a patch, and
+  each byte is scored in the pass where it falls in the first half of a patch. Twice the
+  cost of plain evaluation.
 """
 
 from __future__ import annotations
@@ -89,7 +97,8 @@ def strided_spans(length: int, seq_len: int, stride: int) -> list[tuple[int, int
 
 def strided_windows(docs: Sequence[np.ndarray], seq_len: int, stride: int,
                     patch_size: int = 1) -> EvalWindows:
-  """Evaluation windows of `docs` that overlap by `seq_len - stride` bytes.
+  """Sliding-window scoring: evaluation windows of `docs` that overlap by `seq_len -
+  stride` bytes (not the paper's strided inference: that is `patch_strided_windows`).
 
   Each window holds up to `seq_len` bytes of one document (zero-padded at its end); its
   mask is 1 only on the bytes it scores (`strided_spans`), so every byte of every document
@@ -111,6 +120,46 @@ def strided_windows(docs: Sequence[np.ndarray], seq_len: int, stride: int,
       mask[first - start:end - start] = 1.0
       tokens.append(row)
       masks.append(mask)
+  if not tokens:
+    raise DataError("no bytes to evaluate: every matching file is empty")
+  return EvalWindows(tokens=np.stack(tokens), mask=np.stack(masks))
+
+
+def patch_strided_windows(docs: Sequence[np.ndarray], seq_len: int,
+                          patch_size: int) -> EvalWindows:
+  """The paper's strided inference (Section 2.3.3): two passes over each document, offset
+  by half a patch, each scoring the first half of every patch.
+
+  Pass A cuts the document into consecutive `seq_len` windows from byte 0 and scores the
+  first `a = ceil(P / 2)` bytes of each patch; pass B does the same from byte `a` and
+  scores the first `P - a` bytes of each of its patches, i.e. the second half of pass A's.
+  Every byte is scored exactly once, always at one of the first positions of a patch,
+  where MEGABYTE's local model predicts best. Windows are zero-padded at a document's end
+  (padding is never scored). Returns both passes' windows, document by document.
+
+  Raises:
+    ConfigError: `patch_size` below 2 (a byte model has no patches to offset) or not
+      dividing `seq_len`.
+    DataError: when every document is empty.
+  """
+  if patch_size < 2:
+    raise ConfigError(f"strided inference needs a patch of at least 2 bytes, got "
+                      f"patch_size={patch_size} (a byte Transformer has no patches)")
+  if seq_len % patch_size:
+    raise ConfigError(f"seq_len={seq_len} must be a multiple of patch_size={patch_size}")
+  first = -(-patch_size // 2)                    # bytes of each patch pass A scores
+  in_patch = np.arange(seq_len) % patch_size
+  tokens, masks = [], []
+  for doc in docs:
+    for offset, keep in ((0, first), (first, patch_size - first)):
+      part = doc[offset:]
+      for start in range(0, len(part), seq_len):
+        piece = part[start:start + seq_len]
+        row = np.zeros((seq_len,), np.int32)
+        row[:len(piece)] = piece
+        mask = ((in_patch < keep) & (np.arange(seq_len) < len(piece))).astype(np.float32)
+        tokens.append(row)
+        masks.append(mask)
   if not tokens:
     raise DataError("no bytes to evaluate: every matching file is empty")
   return EvalWindows(tokens=np.stack(tokens), mask=np.stack(masks))

@@ -415,6 +415,14 @@ def test_evaluate_cli_stride_scores_the_same_bytes(tiny_run):
   bad = run_module("megabyte_jax.evaluate", f"--workdir={workdir}", "--stride=12", check=False)
   assert bad.returncode != 0 and "multiple of the patch size 8" in bad.stderr
   assert "Traceback" not in bad.stderr
+  # The paper's strided inference: two passes, the same bytes, each once.
+  paper = json.loads(run_module("megabyte_jax.evaluate", f"--workdir={workdir}",
+                                "--strided").stdout)
+  assert paper["bytes"] == plain["bytes"] and paper["strided"] is True
+  assert paper["windows"] >= 2 * plain["files"] and 0 < paper["bpb"] < 9
+  both = run_module("megabyte_jax.evaluate", f"--workdir={workdir}", "--strided",
+                    "--stride=16", check=False)
+  assert both.returncode != 0 and "choose one" in both.stderr
 
 
 def test_generate_benchmark_runs_on_cpu():

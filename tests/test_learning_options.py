@@ -147,3 +147,38 @@ def test_resuming_an_old_run_with_todays_config_names_the_changed_fields(tmp_pat
     resolve_config(workdir, config)
   assert "model.token_shift: False -> True" in str(err.value)
   assert "model.patch_embed: 'concat' -> 'linear'" in str(err.value)
+
+
+@pytest.mark.parametrize("patch_size", [2, 4, 5, 8])
+def test_patch_strided_windows_score_every_byte_once_in_the_first_half_of_a_patch(
+    patch_size):
+  """The paper's strided inference: pass A from byte 0, pass B from byte ceil(P/2); each
+  byte scored exactly once, always at a position in the first half of a patch."""
+  from megabyte_jax.scoring import patch_strided_windows
+  seq_len = 4 * patch_size
+  docs = [np.arange(1, n + 1) % 251 + 1 for n in (1, 7, seq_len, 3 * seq_len + 3)]
+  windows = patch_strided_windows([d.astype(np.uint8) for d in docs], seq_len, patch_size)
+  first = -(-patch_size // 2)
+  scored = []
+  row = 0
+  for doc in docs:
+    for offset, keep in ((0, first), (first, patch_size - first)):
+      for start in range(0, max(len(doc) - offset, 0), seq_len):
+        mask = windows.mask[row]
+        positions = np.nonzero(mask)[0]
+        assert np.all(positions % patch_size < keep)
+        np.testing.assert_array_equal(windows.tokens[row][positions],
+                                      doc[offset + start + positions])
+        scored += list(offset + start + positions)
+        row += 1
+    assert sorted(scored) == list(range(len(doc)))
+    scored = []
+  assert row == len(windows.tokens)
+  assert windows.mask.sum() == sum(len(d) for d in docs)
+
+
+def test_patch_strided_windows_refuse_a_byte_model():
+  from megabyte_jax.errors import ConfigError
+  from megabyte_jax.scoring import patch_strided_windows
+  with pytest.raises(ConfigError, match="patch of at least 2 bytes"):
+    patch_strided_windows([np.zeros(10, np.uint8)], 32, 1)

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from megabyte_jax.config import PAPER_FORMULATION
+
 from megabyte_jax import ByteTransformer, InputError, Megabyte, MegabyteConfig
 from megabyte_jax.flops import model_cost
 
@@ -130,14 +132,25 @@ def test_every_parameter_has_logical_axis_names(kind, megabyte_cfg, transformer_
   assert specs  # the names can be turned into PartitionSpecs by sharding code
 
 
-def test_megabyte_parameter_structure(megabyte_cfg):
-  """The parameters are the paper's: global/local embeddings, pads, both stacks, head."""
-  variables = Megabyte(megabyte_cfg).init(jax.random.key(0), _tokens(1, 32))
+@pytest.mark.parametrize("paper", [True, False])
+def test_megabyte_parameter_structure(megabyte_cfg, paper):
+  """The parameters: global/local embeddings, pads, both stacks, head; in the paper's
+  formulation its own (D_G-wide global embeddings, a D_G -> D_L projection), with the
+  defaults a patch projection and a projection of the whole global output per position."""
+  cfg = megabyte_cfg.replace(**PAPER_FORMULATION) if paper else megabyte_cfg
+  variables = Megabyte(cfg).init(jax.random.key(0), _tokens(1, 32))
   params = nn.meta.unbox(variables["params"])
-  assert params["global_embed"]["embedding"].shape == (256, 8)     # D_G = 32 / 4
-  assert params["global_pos"].shape == (32, 8)
+  if paper:
+    assert params["global_embed"]["embedding"].shape == (256, 8)   # D_G = 32 / 4
+    assert params["global_pos"].shape == (32, 8)
+    assert params["global_to_local"].shape == (8, 16)              # D_G -> D_L
+    assert "patch_embed" not in params
+  else:
+    assert params["global_embed"]["embedding"].shape == (256, 16)  # D_L
+    assert params["global_pos"].shape == (32, 16)
+    assert params["patch_embed"]["proj"]["kernel"].shape == (4 * 16, 32)
+    assert params["global_to_local"].shape == (32, 4, 16)          # [P*D_G, P, D_L]
   assert params["global_pad"].shape == (32,)                       # one P*D_G patch
-  assert params["global_to_local"].shape == (8, 16)                # D_G -> D_L
   assert params["local_embed"]["embedding"].shape == (256, 16)
   assert params["local_pad"].shape == (16,)
   assert set(params["global_model"]) == {"block_0", "block_1", "final_norm"}

@@ -121,6 +121,8 @@ def test_non_finite_checkpoints_are_refused_and_never_evict_the_last_good_one(tm
     ("data", "prefetch", -1, r"data\.prefetch must be >= 0, got -1"),
     ("data", "workers", -2, r"data\.workers must be >= 0, got -2"),
     ("data", "read_threads", -1, r"data\.read_threads must be >= 0, got -1"),
+    ("train", "weight_decay_mask", "all",
+     r"train\.weight_decay_mask must be one of \('kernels', 'kernels_embeddings', 'ndim'\)"),
 ])
 def test_bad_config_values_are_refused_before_anything_is_written(section, key, value, match,
                                                                  corpus, tmp_path):
@@ -253,6 +255,8 @@ def test_a_real_full_disk_during_training_is_one_line_and_keeps_the_checkpoint(
                     f"--config.data.files={corpus}", "--config.data.eval_fraction=0.4",
                     "--config.train.steps=60", "--config.train.checkpoint_every=5",
                     "--config.train.keep_checkpoints=20", "--config.train.eval_every=0",
+                    # the paper's formulation: a checkpoint of ~1.5 MiB, one fits in 2 MiB
+                    "--config.model.patch_embed=concat", "--config.model.global_to_local=slice",
                     "--noprogress", check=False)
   assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]

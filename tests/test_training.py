@@ -67,8 +67,10 @@ def test_schedule_and_decay_mask():
   assert float(schedule(0)) == 0.0
   assert abs(float(schedule(10)) - 1.0) < 1e-6
   assert abs(float(schedule(100)) - 0.1) < 1e-6
-  mask = decay_mask({"w": jnp.zeros((2, 3)), "b": jnp.zeros((3,))})
-  assert mask == {"w": True, "b": False}
+  params = {"kernel": jnp.zeros((2, 3)), "bias": jnp.zeros((3,)),
+            "qkv_bias": jnp.zeros((3, 1, 2))}
+  assert decay_mask(params) == {"kernel": True, "bias": False, "qkv_bias": False}
+  assert decay_mask(params, "ndim") == {"kernel": True, "bias": False, "qkv_bias": True}
 
 
 def test_checkpoint_round_trip(tmp_path, megabyte_cfg):
@@ -105,7 +107,7 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path, megabyte_cfg
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
-  with pytest.raises(CheckpointError, match="cannot restore the checkpoint of step 5"):
+  with pytest.raises(CheckpointError, match="checkpoint of step 5 .* is corrupt"):
     Checkpointer(str(tmp_path)).restore(abstract)
 
 

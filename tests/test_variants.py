@@ -338,8 +338,8 @@ def test_flops_of_each_switch():
   """Each switch adds exactly its own cost per byte."""
   base = model_cost(BASE)
   conv = model_cost(VARIANTS["conv"])
-  dg = BASE.byte_global_dim
-  assert conv.matmul_flops_per_byte - base.matmul_flops_per_byte == 2 * 15 * dg * dg
+  de = BASE.global_embed_dim                  # the conv encoder runs on the byte embeddings
+  assert conv.matmul_flops_per_byte - base.matmul_flops_per_byte == 2 * 15 * de * de
   assert conv.attention_flops_per_byte == base.attention_flops_per_byte
   cross = model_cost(VARIANTS["cross_patch"])
   assert cross.matmul_flops_per_byte == base.matmul_flops_per_byte
@@ -347,11 +347,20 @@ def test_flops_of_each_switch():
   assert cross.attention_flops_per_byte - base.attention_flops_per_byte == 2 * 2 * 2 * 2 * 16
   # A middle level of width 16 runs once per 4 bytes over 2 units; its matmuls are 12 * 16^2
   # per layer (attention 4 * 16^2, MLP 8 * 16^2) plus the 16 x 16 input projection.
-  three, two_p8 = model_cost(VARIANTS["three_level"]), model_cost(BASE.replace(patch_size=8))
+  # (In the paper's formulation, where every projection is of one slice.)
+  three = model_cost(VARIANTS["three_level"].replace(**PAPER_FORMULATION))
+  two_p8 = model_cost(PAPER.replace(patch_size=8))
   mid_matmul = 2 * (12 * 16 * 16 + 16 * 16) / 4
   local_projection_change = 2 * (4 * 16 - 4 * 16)           # 4-wide slices either way
   assert three.matmul_flops_per_byte - two_p8.matmul_flops_per_byte == pytest.approx(
       mid_matmul + local_projection_change)
+  # The full projection reads the whole 32-wide global output for each byte (not an 8-wide
+  # slice); the linear patch embedder maps 4 x 16 embeddings to 32 once per 4-byte patch.
+  paper = model_cost(PAPER)
+  full = model_cost(PAPER.replace(global_to_local="full"))
+  assert full.matmul_flops_per_byte - paper.matmul_flops_per_byte == 2 * (32 - 8) * 16
+  linear = model_cost(PAPER.replace(patch_embed="linear"))
+  assert linear.matmul_flops_per_byte - paper.matmul_flops_per_byte == 2 * 4 * 16 * 32 / 4
 
 
 def test_paper_table_counts_the_papers_configs():

@@ -4,7 +4,12 @@ seq_len 8192, patch 8, global 1024 x 12 layers, local 512 x 6 layers, 8 heads of
 bf16 compute with float32 master weights, RMSNorm and no biases as MEGABYTE-pytorch's attention
 blocks (its MLPs keep biases, and it adds rotary embeddings: 153.6M parameters there, 146.2M
 here). Figures in BENCHMARKS.md before session 5 (2026-11-23) used LayerNorm with biases
-(146.3M); `--config.model.norm=layernorm --config.model.use_bias=True` restores that. This is the configuration of the speed comparisons
+(146.3M); `--config.model.norm=layernorm --config.model.use_bias=True` restores that.
+Since 2026-12 the MEGABYTE defaults of the learning comparison apply here too (RESULTS.md:
+linear patch embedder, full global-to-local projection, token shift, sequence-wide byte
+shift; 157.7M parameters); BENCHMARKS.md figures before then are of the paper's formulation,
+which `--config.model.token_shift=False --config.model.global_to_local=slice
+--config.model.patch_embed=concat --config.model.byte_shift=patch` restores. This is the configuration of the speed comparisons
 in BENCHMARKS.md (`experiments/bench/train_throughput.py`, `generate_bench.py`), runnable as
 a training run on one GPU with any of the data sources.
 """

@@ -12,7 +12,7 @@ names, listed in results.json), copies of held-out files removed from training
 
 Models (the paper's recipe scaled down: Section 3's point that the global model can be about
 P times larger at the same FLOPs): all read 2,048-byte windows, batch 32 (65,536 bytes per
-step), and cost 30-34 MFLOP per trained byte (`megabyte_jax.flops`), so at one budget they
+step), and cost 31-35 MFLOP per trained byte (`megabyte_jax.flops`), so at one budget they
 also train on about the same number of bytes:
 
   transformer   width 256, 3 layers (57% of its FLOPs are attention over 2,048 bytes)
@@ -30,7 +30,7 @@ it that the measured speed of the first four runs fits into what is left of the 
 The resolved budget is in results.json; to rerun exactly, pass --budgets=5e14,<that>.
 
 `:cpu` is a tiny version for a 2-core CPU (a few minutes): 256-byte windows, batch 8,
-models of 0.15-1.7M parameters, 4 MB of this machine's site-packages. It proves the pipeline,
+models of 0.2-2.3M parameters, 4 MB of this machine's site-packages. It proves the pipeline,
 nothing about the models.
 """
 
@@ -74,7 +74,7 @@ def get_study(variant: str = "h100") -> dict:
         "quick_evals": 2, "eval_batches": 4,
         "budgets": [2e11, 6e11],
         "models": [
-            {"name": "transformer", "kind": "transformer", "dim": 64, "layers": 2,
+            {"name": "transformer", "kind": "transformer", "dim": 72, "layers": 2,
              "heads": 2},
             {"name": "megabyte-p4", "kind": "megabyte", "patch_size": 4,
              "global_dim": 128, "global_layers": 2, "global_heads": 2,
