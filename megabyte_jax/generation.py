@@ -68,6 +68,9 @@ def _first_window_start(prompt_len: int, seq_len: int, patch_size: int) -> int:
 
 def _check_prompt(prompt: Any) -> np.ndarray:
   """Validates a prompt and returns it as int32 `[batch, L]` numpy."""
+  if isinstance(prompt, str):
+    raise InputError("prompt must be bytes or a [batch, length] array of byte ids, got a "
+                     "str: encode it first, e.g. prompt.encode('utf-8')")
   if isinstance(prompt, (bytes, bytearray)):
     prompt = np.frombuffer(bytes(prompt), np.uint8)[None]
   array = np.asarray(prompt)

@@ -204,6 +204,7 @@ def test_stop_bytes_end_rows_independently(megabyte_cfg):
     (dict(num_bytes=30), "more than the model's context of seq_len=32"),
     (dict(prompt=np.array([[1, 300]])), "prompt bytes must be in 0..255"),
     (dict(prompt=np.array([1, 2])), "prompt must be a \\[batch, length\\] array"),
+    (dict(prompt="hello"), "got a str: encode it first"),
 ])
 def test_bad_requests_are_refused_clearly(kwargs, message, megabyte_cfg):
   model, variables = _model("megabyte", megabyte_cfg, None)
