@@ -525,3 +525,45 @@ def test_random_faults_over_train_stop_corrupt_resume_lose_nothing_and_never_nan
   records = [r for r in read_metrics(workdir) if "train_bpb" in r]
   assert records[-1]["step"] == target
   assert all(r["train_bpb"] is not None and np.isfinite(r["train_bpb"]) for r in records)
+
+
+def _without_root_file_access(args):
+  """`args` run with the file-permission bypass of root dropped (CAP_DAC_OVERRIDE and
+  CAP_DAC_READ_SEARCH), so `chmod 000` really refuses access, as for any other user."""
+  if not shutil.which("setpriv"):
+    pytest.skip("setpriv (util-linux) is needed to drop root's file-access capabilities")
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             PYTHONIOENCODING="utf-8")
+  caps = "-dac_override,-dac_read_search"
+  return subprocess.run(["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
+                         sys.executable, "-m", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("target", ["step", "checkpoints"])
+def test_chmod_000_on_a_step_or_on_checkpoints_is_one_line_and_renames_nothing(
+    target, tmp_path, corpus):
+  """A real permission failure (root's bypass dropped): resuming refuses in one line that
+  names the permission problem, renames nothing (permissions are not corruption), and the
+  run resumes normally once the permissions are fixed."""
+  workdir = str(tmp_path / "run")
+  common = [f"--config={TINY}", f"--workdir={workdir}", f"--config.data.files={corpus}",
+            "--config.data.eval_fraction=0.4", "--config.train.checkpoint_every=5",
+            "--config.train.eval_every=0", "--config.sample.num_bytes=0", "--noprogress"]
+  run_module("megabyte_jax.train", *common, "--config.train.steps=10")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  locked = os.path.join(ckpt_dir, "10") if target == "step" else ckpt_dir
+  before = sorted(os.listdir(ckpt_dir))
+  os.chmod(locked, 0)
+  try:
+    proc = _without_root_file_access(["megabyte_jax.train", *common,
+                                      "--config.train.steps=15"])
+  finally:
+    os.chmod(locked, 0o755)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "ermission" in last, last
+  assert "corrupt" not in last and "unreadable" not in last, last
+  assert sorted(os.listdir(ckpt_dir)) == before              # nothing renamed or deleted
+  run_module("megabyte_jax.train", *common, "--config.train.steps=15")
+  assert Checkpointer(workdir).latest_step() == 15
