@@ -39,7 +39,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 from megabyte_jax.config import resolve_dtype
-from megabyte_jax.layers import KVCache, StackSpec
+from megabyte_jax.layers import KVCache, StackSpec, previous_shift_rows, token_shift
 
 __all__ = ["MAX_BATCH", "MODE", "block_step", "prepare_stack", "stack_step", "supported",
            "use_fused"]
@@ -312,9 +312,9 @@ def block_step(layer: dict, spec: StackSpec, x: jax.Array, cache: KVCache, index
   hk = spec.heads * spec.head_dim
   keep = spec.dim - spec.dim // 2
   shift = lambda v, row: v
-  if spec.token_shift:   # `layers.token_shift` for one position: the rest from the cache
-    prev = jnp.where(index == 0, jnp.zeros_like(cache.shift), cache.shift)
-    shift = lambda v, row: jnp.concatenate([v[:, :keep], prev[:, row].astype(v.dtype)], -1)
+  if spec.token_shift:   # `layers.token_shift` of one position, the rest from the cache
+    prev = previous_shift_rows(cache, index)
+    shift = lambda v, row: token_shift(v[:, None], None if prev is None else prev[:, row])[:, 0]
   x_in = x
   qkv = _norm_matvec(shift(x, 0), layer["attn_norm"], layer["wqkv"], layer["bqkv"],
                      spec=spec, activation=None, n_out=3 * hk, interpret=interpret)

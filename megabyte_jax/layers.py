@@ -551,7 +551,7 @@ def token_shift(x: jax.Array, prev: Optional[jax.Array] = None) -> jax.Array:
   return jnp.concatenate([x[..., :keep], moved], axis=-1)
 
 
-def _previous_shift_rows(cache: Optional[KVCache], index: Any) -> Optional[jax.Array]:
+def previous_shift_rows(cache: Optional[KVCache], index: Any) -> Optional[jax.Array]:
   """The token-shift rows `[batch, 2, dim // 2]` that the first new position of a cached
   call takes from the position before it: None (zeros) in training and at position 0 (a
   prefill, or a cache restarted at 0, as the local model's is at every patch)."""
@@ -611,7 +611,9 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+  """A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); with
+  `spec.token_shift`, the input of each norm is `token_shift(x)` (the residual stream itself
+  is not shifted), and a cache carries the last position's shifted halves (`KVCache.shift`).
 
   Each norm's learned scale (and bias) is folded into the projection after it (`Norm`,
   `fold_norm`): the same function and parameters as applying it to the activations.
@@ -628,7 +630,7 @@ class Block(nn.Module):
     """Returns `[batch, length, dim]`, or `(that, new cache)` when `cache` is given."""
     spec = self.spec
     attn = CausalSelfAttention(spec, name="attn")
-    prev = _previous_shift_rows(cache, index) if spec.token_shift else None
+    prev = previous_shift_rows(cache, index) if spec.token_shift else None
     x_in = x
     shift = lambda v, row: v
     if spec.token_shift:
