@@ -567,3 +567,26 @@ def test_chmod_000_on_a_step_or_on_checkpoints_is_one_line_and_renames_nothing(
   assert sorted(os.listdir(ckpt_dir)) == before              # nothing renamed or deleted
   run_module("megabyte_jax.train", *common, "--config.train.steps=15")
   assert Checkpointer(workdir).latest_step() == 15
+
+
+def test_a_truncated_prepared_data_file_is_one_line_at_evaluate(tmp_path, corpus):
+  """A prepared (array_record) validation shard cut short: `evaluate` stops with one line
+  naming the dataset and what to do (before: a traceback from array_record)."""
+  workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
+  run_module("megabyte_jax.train", f"--config={TINY}", f"--workdir={workdir}",
+             "--config.data.name=byte_files", f"--config.data.files={corpus}",
+             f"--config.data.data_dir={data_dir}", "--config.data.eval_fraction=0.4",
+             "--config.train.steps=6", "--config.train.warmup_steps=1",
+             "--config.sample.num_bytes=0", "--noprogress")
+  shards = [os.path.join(root, name) for root, _, names in os.walk(data_dir)
+            for name in names if "validation.array_record" in name]
+  assert shards
+  for shard in shards:
+    os.truncate(shard, 5000)
+  proc = run_module("megabyte_jax.evaluate", f"--workdir={workdir}", "--noprogress",
+                    check=False)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: cannot read the validation split of the prepared dataset "
+                         f"'byte_files' in {data_dir}"), last
+  assert "truncated or corrupt" in last

@@ -169,7 +169,15 @@ def validation_documents(data_cfg, patch_size: int = 1) -> list[np.ndarray]:
   if data_cfg.name == LOCAL_FILES:
     return split_documents(data_cfg)[1]
   validation = _builder_source(data_cfg, patch_size, "validation")
-  return [document_bytes(validation[i]) for i in range(len(validation))]
+  try:
+    return [document_bytes(validation[i]) for i in range(len(validation))]
+  except (RuntimeError, OSError, ValueError) as e:   # array_record's own errors included
+    data_dir = os.path.expanduser(data_cfg.get("data_dir") or DEFAULT_DATA_DIR)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(
+        f"cannot read the validation split of the prepared dataset {data_cfg.name!r} in "
+        f"{data_dir}: {first} (a file of it is truncated or corrupt: delete that dataset's "
+        f"folder there to prepare it again)") from e
 
 
 def load_byte_data(data_cfg, seq_len: int, patch_size: int = 1) -> ByteData:
