@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 from etils import epath
 import grain
+import numpy as np
 import orbax.checkpoint as ocp
 
 from megabyte_jax.errors import CheckpointError
@@ -117,15 +118,22 @@ def _remote_digests(step_dir: str) -> dict:
 
 
 def count_non_finite(tree: Any) -> tuple[int, int]:
-  """`(non-finite values, all values)` over the floating-point arrays of `tree`."""
+  """`(non-finite values, all values)` over the floating-point arrays of `tree`.
+
+  One jitted computation over the whole tree, so that in a multi-process run (arrays
+  sharded over every process's devices) all processes run the same collective program;
+  the replicated count is read from this process's own shard."""
   import jax   # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp   # pylint: disable=g-import-not-at-top
   leaves = [x for x in jax.tree_util.tree_leaves(tree)
             if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
   if not leaves:
     return 0, 0
-  bad = jax.device_get([jnp.sum(~jnp.isfinite(x)) for x in leaves])
-  return int(sum(int(b) for b in bad)), int(sum(x.size for x in leaves))
+  count = jax.jit(lambda xs: sum(jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) for x in xs))(
+      leaves)
+  if isinstance(count, jax.Array) and not count.is_fully_addressable:
+    count = count.addressable_data(0)
+  return int(np.asarray(count)), int(sum(x.size for x in leaves))
 
 
 class Checkpointer:
