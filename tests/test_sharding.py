@@ -143,7 +143,10 @@ def test_parameters_and_optimizer_state_are_split_as_the_rules_say(megabyte_cfg)
       "out": (attn["out_kernel"], P("tensor", None, "fsdp"), (1, 16, 16)),
       "mlp_in": (mlp["in_kernel"], P("fsdp", None, "tensor"), (16, 1, 64)),
       "mlp_out": (mlp["out_kernel"], P("tensor", "fsdp"), (64, 16)),
-      "embed": (state.params["global_embed"]["embedding"], P(None, "fsdp"), (256, 4)),
+      # global byte embeddings of local_dim (16) with the default linear patch embedder
+      "embed": (state.params["global_embed"]["embedding"], P(None, "fsdp"), (256, 8)),
+      "patch_proj": (state.params["patch_embed"]["proj"]["kernel"], P(None, "fsdp"), (64, 16)),
+      "global_to_local": (state.params["global_to_local"], P(None, None, "fsdp"), (32, 4, 8)),
   }
   for name, (array, spec, shard_shape) in expected.items():
     assert array.sharding.spec == spec, name
