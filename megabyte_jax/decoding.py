@@ -43,10 +43,10 @@ from megabyte_jax.config import MegabyteConfig, TransformerConfig
 from megabyte_jax.errors import InputError
 from megabyte_jax.layers import (CACHE_AXES, ByteHead, CausalConvEncoder, KVCache,
                                  TransformerStack, byte_embedding, cross_patch_cache_len,
-                                 init_stack_cache, make_norm, shift_right)
+                                 init_stack_cache, make_norm)
 from megabyte_jax.megabyte import (Megabyte, conv_encoder, global_spec, level_dim, level_name,
                                    level_spec, local_spec, patch_projection,
-                                   project_to_children)
+                                   project_to_children, shift_units)
 from megabyte_jax.transformer import ByteTransformer, stack_spec
 
 __all__ = ["ByteTransformerDecoder", "MegabyteDecoder", "cast_matmul_weights", "decoder_for",
@@ -225,11 +225,9 @@ class MegabyteDecoder:
     s, dim = cfg.level_patch_sizes[level - 1], level_dim(cfg, level)
     g = self._project(params, level, g)
     y = _embed(self.level_embeds[level], params[f"{name}_embed"], tokens)
-    if cfg.byte_shift == "sequence":   # shifted over the whole sequence of units
-      y = shift_right(y.reshape(batch, n * s, dim), params[f"{name}_pad"], axis=1)
-    else:                              # the pad at unit 0 of every parent unit
-      y = shift_right(y.reshape(batch, n, s, dim), params[f"{name}_pad"], axis=2)
-    return y.reshape(batch, n, s, dim) + g + params[f"{name}_pos"].astype(self.dtype)
+    y = shift_units(y.reshape(batch, n, s, dim), params[f"{name}_pad"],
+                    cfg.byte_shift == "sequence")
+    return y + g + params[f"{name}_pos"].astype(self.dtype)
 
   def prefill(self, params: Any, tokens: jax.Array) -> dict:
     """Runs the known window `tokens [batch, W]` (W < seq_len, static) in one pass.

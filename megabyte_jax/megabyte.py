@@ -130,6 +130,17 @@ def project_to_children(g: jax.Array, w: jax.Array, s: int, mode: str, dtype) ->
   return jnp.einsum("bkpg,gl->bkpl", g, w.astype(dtype))
 
 
+def shift_units(y: jax.Array, pad: jax.Array, sequence: bool) -> jax.Array:
+  """A level's unit embeddings `y [batch, n, S, dim]` shifted right by one unit, the
+  learned `pad [dim]` first: at unit 0 of every parent unit (the paper's `byte_shift=
+  "patch"`), or over the whole sequence of units with `sequence` (`byte_shift="sequence"`:
+  unit 0 of a parent unit takes the last unit of the parent before)."""
+  batch, n, s, dim = y.shape
+  if sequence:
+    return shift_right(y.reshape(batch, n * s, dim), pad, axis=1).reshape(batch, n, s, dim)
+  return shift_right(y, pad, axis=2)
+
+
 class Megabyte(nn.Module):
   """MEGABYTE: a global transformer over patches and a local transformer within each patch.
 
@@ -213,10 +224,8 @@ class Megabyte(nn.Module):
       if u == 1 and not (cfg.embed_dropout and not deterministic):
         y = _shifted_byte_inputs(tokens.reshape(batch, n, s), embed, pad, pos, dtype, seq)
       else:
-        y = embed(tokens).reshape(batch, n * s if seq else n, -1 if seq else s, dim)
-        y = drop(y, deterministic=deterministic)
-        y = shift_right(y, pad, axis=1 if seq else 2).reshape(batch, n, s, dim)
-        y = y + pos.astype(dtype)
+        y = drop(embed(tokens).reshape(batch, n, s, dim), deterministic=deterministic)
+        y = shift_units(y, pad, seq) + pos.astype(dtype)
       h = y + g                                                       # [batch, n, S, dim]
       spec = level_spec(cfg, level)
       # The last level's final norm is folded into the byte head (`fold_norm`).
