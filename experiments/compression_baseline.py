@@ -20,7 +20,7 @@ from ml_collections import config_flags
 from megabyte_jax.data import split_file_lists
 from megabyte_jax.data.local_files import read_documents
 from megabyte_jax.errors import MegabyteError
-from megabyte_jax.workdir import load_config
+from megabyte_jax.training.workdir import load_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Or: a training directory (its config.json).")

@@ -77,8 +77,8 @@ def sample_images(workdir: str, order: str, patch_size: int, canvas: int,
   bottom half generated) and "originals".
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from megabyte_jax.generation import generate  # pylint: disable=g-import-not-at-top
-  from megabyte_jax.workdir import load_trained  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.inference.generation import generate  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.workdir import load_trained  # pylint: disable=g-import-not-at-top
   _, model, params, _ = load_trained(workdir)
   length = canvas * canvas
   if model.config.seq_len != length:

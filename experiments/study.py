@@ -333,7 +333,7 @@ def device_description() -> str:
 def run_training(config, workdir: str) -> dict:
   """Runs `train_and_evaluate(config, workdir)` from scratch; returns what it returned plus
   `wall_s`, `compile_s`, `final_eval_s` and the run's metric records."""
-  from megabyte_jax.metrics import read_metrics  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.metrics import read_metrics  # pylint: disable=g-import-not-at-top
   from megabyte_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   if os.path.exists(workdir):
     shutil.rmtree(workdir)

@@ -16,9 +16,9 @@
 from megabyte_jax.config import MegabyteConfig, TransformerConfig
 from megabyte_jax.errors import (CheckpointError, ConfigError, DataError, InputError,
                                  MegabyteError, Preempted, TrainingError)
-from megabyte_jax.generation import generate
-from megabyte_jax.megabyte import Megabyte
-from megabyte_jax.transformer import ByteTransformer
+from megabyte_jax.inference.generation import generate
+from megabyte_jax.models.megabyte import Megabyte
+from megabyte_jax.models.transformer import ByteTransformer
 
 __all__ = ["ByteTransformer", "CheckpointError", "ConfigError", "DataError", "InputError",
            "Megabyte", "MegabyteConfig", "MegabyteError", "Preempted", "TrainingError",
@@ -26,7 +26,7 @@ __all__ = ["ByteTransformer", "CheckpointError", "ConfigError", "DataError", "In
 __version__ = "0.1.0"
 
 # Imported on first use: they pull in Orbax and Grain, which `import megabyte_jax` need not.
-_LAZY = {"load_trained": "megabyte_jax.workdir", "export_params": "megabyte_jax.export",
+_LAZY = {"load_trained": "megabyte_jax.training.workdir", "export_params": "megabyte_jax.export",
          "load_exported": "megabyte_jax.export"}
 
 

@@ -16,7 +16,7 @@ import ml_collections
 
 from megabyte_jax.errors import ConfigError
 from megabyte_jax.models import build_model
-from megabyte_jax.train_state import DECAY_MASKS
+from megabyte_jax.training.train_state import DECAY_MASKS
 
 
 def _number(section: str, name: str, value: Any) -> float:

@@ -13,12 +13,12 @@ With `--stride=S` (a multiple of the patch size, at most `seq_len`), sliding-win
 scoring: windows overlap, advance by S bytes and each scores only its last S bytes (a
 document's first window scores all of its bytes), so every byte is still scored exactly
 once but sees up to `seq_len - S` bytes more left context
-(`megabyte_jax.scoring.strided_windows`). It costs about `seq_len / S` times as much. This
+(`megabyte_jax.inference.scoring.strided_windows`). It costs about `seq_len / S` times as much. This
 is the paper's "sliding window" (Table 11), not its strided inference.
 
 With `--strided`, the paper's strided inference (Section 2.3.3, Table 11): two passes
 offset by half a patch, each byte scored in the pass where it falls in the first half of a
-patch (`megabyte_jax.scoring.patch_strided_windows`); twice the plain cost. MEGABYTE only.
+patch (`megabyte_jax.inference.scoring.patch_strided_windows`); twice the plain cost. MEGABYTE only.
 
 A progress bar (batches scored) goes to stderr when it is a terminal (`--progress` forces
 it, `--noprogress` turns it off). Importing this module defines no command-line flags;
@@ -37,9 +37,9 @@ from megabyte_jax.data import load_byte_data, load_eval_files, validation_docume
 from megabyte_jax.data.local_files import check_eval_memory, read_documents, resolve_files
 from megabyte_jax.cli import parse_flags, quiet_logging
 from megabyte_jax.errors import CheckpointError, InputError, MegabyteError
-from megabyte_jax.scoring import (check_stride, evaluate_windows, make_eval_step,
+from megabyte_jax.inference.scoring import (check_stride, evaluate_windows, make_eval_step,
                                   patch_strided_windows, strided_windows)
-from megabyte_jax.workdir import load_trained
+from megabyte_jax.training.workdir import load_trained
 
 
 

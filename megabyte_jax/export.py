@@ -24,7 +24,7 @@ import numpy as np
 
 from megabyte_jax.errors import CheckpointError
 from megabyte_jax.models import build_model
-from megabyte_jax.workdir import PathLike, as_path, load_trained
+from megabyte_jax.training.workdir import PathLike, as_path, load_trained
 
 FORMAT = "megabyte-jax-params/1"
 

@@ -21,8 +21,8 @@ from typing import Optional, Union
 
 from megabyte_jax.config import PAPER_FORMULATION, MegabyteConfig, TransformerConfig
 from megabyte_jax.layers import StackSpec
-from megabyte_jax.megabyte import global_spec, level_dim, level_spec
-from megabyte_jax.transformer import stack_spec
+from megabyte_jax.models.megabyte import global_spec, level_dim, level_spec
+from megabyte_jax.models.transformer import stack_spec
 
 ModelConfig = Union[MegabyteConfig, TransformerConfig]
 

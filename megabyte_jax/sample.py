@@ -44,8 +44,8 @@ from absl import app, flags, logging
 from megabyte_jax.cli import parse_flags, quiet_logging
 from megabyte_jax.data.local_files import _kind
 from megabyte_jax.errors import InputError, MegabyteError
-from megabyte_jax.generation import generate
-from megabyte_jax.workdir import load_trained
+from megabyte_jax.inference.generation import generate
+from megabyte_jax.training.workdir import load_trained
 
 MAX_TOTAL_BYTES = 2 ** 31 - 1   # positions are int32: prompt + continuation stay below this
 
@@ -113,10 +113,10 @@ def check_output_path(workdir: str, output: str) -> None:
   Raises:
     InputError: naming the file.
   """
-  from megabyte_jax.checkpoint import CHECKPOINT_SUBDIR  # pylint: disable=g-import-not-at-top
-  from megabyte_jax.metrics import METRICS_FILE  # pylint: disable=g-import-not-at-top
-  from megabyte_jax.workdir import CONFIG_FILE  # pylint: disable=g-import-not-at-top
-  from megabyte_jax.workdir_lock import LOCK_FILE  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.checkpoint import CHECKPOINT_SUBDIR  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.metrics import METRICS_FILE  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.workdir import CONFIG_FILE  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.workdir_lock import LOCK_FILE  # pylint: disable=g-import-not-at-top
   target = os.path.realpath(output)
   home = os.path.realpath(workdir)
   for name in (CONFIG_FILE, METRICS_FILE, LOCK_FILE):

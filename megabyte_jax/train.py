@@ -36,22 +36,22 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from megabyte_jax import checkpoint as checkpoint_lib
+from megabyte_jax.training import checkpoint as checkpoint_lib
 from megabyte_jax import config_checks
 from megabyte_jax import configs as configs_lib
 from megabyte_jax import data as data_lib
-from megabyte_jax import scoring as evaluate_lib
-from megabyte_jax import metrics as metrics_lib
-from megabyte_jax import sampling
-from megabyte_jax import train_state as state_lib
-from megabyte_jax import workdir as workdir_lib
-from megabyte_jax import workdir_lock
+from megabyte_jax.inference import scoring as evaluate_lib
+from megabyte_jax.training import metrics as metrics_lib
+from megabyte_jax.inference import sampling
+from megabyte_jax.training import train_state as state_lib
+from megabyte_jax.training import workdir as workdir_lib
+from megabyte_jax.training import workdir_lock
 from megabyte_jax.cli import parse_flags, quiet_logging
 from megabyte_jax.errors import ConfigError, MegabyteError, Preempted, TrainingError
-from megabyte_jax.losses import LN2
+from megabyte_jax.training.losses import LN2
 from megabyte_jax.models import build_model
 from megabyte_jax import sharding as sharding_lib
-from megabyte_jax.train_step import make_train_step, mesh_context
+from megabyte_jax.training.train_step import make_train_step, mesh_context
 
 _CONFIG_HELP = ("Experiment config: a packaged config's name (tiny, default, transformer, or "
                 "megabyte_jax:NAME), a config file (experiments/configs/NAME.py), or a run's "

@@ -7,7 +7,7 @@ import pytest
 from megabyte_jax import ConfigError, MegabyteConfig, TransformerConfig
 from megabyte_jax.experiment import base_config, model_section
 from megabyte_jax.models import build_model
-from megabyte_jax.workdir import load_config, resolve_config, save_config
+from megabyte_jax.training.workdir import load_config, resolve_config, save_config
 
 from conftest import REPO
 

@@ -1,4 +1,4 @@
-"""The fused one-byte decoding kernels (`megabyte_jax.fused_decode`): run in Pallas'
+"""The fused one-byte decoding kernels (`megabyte_jax.layers.fused_decode`): run in Pallas'
 interpreter on CPU they must equal the XLA path (`Block` with a KV cache) in float32, and
 `generate` must give the same bytes with them; their Triton lowering is checked for CUDA
 without a GPU (jax lowers for another platform)."""
@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from megabyte_jax import Megabyte, fused_decode
-from megabyte_jax.decoding import FUSED_LOCAL, cast_matmul_weights, decoder_for, unbox_params
-from megabyte_jax.generation import cached_logits
+from megabyte_jax import Megabyte
+
+from megabyte_jax.layers import fused_decode
+from megabyte_jax.inference.decoding import FUSED_LOCAL, cast_matmul_weights, decoder_for, unbox_params
+from megabyte_jax.inference.generation import cached_logits
 from megabyte_jax.layers import StackSpec, TransformerStack, init_stack_cache, make_norm
 
 

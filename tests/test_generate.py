@@ -18,12 +18,12 @@ import pytest
 from conftest import REPO, run_module
 from megabyte_jax import ByteTransformer, ConfigError, InputError, Megabyte, generate
 from megabyte_jax.data import eval_windows
-from megabyte_jax.decoding import cast_matmul_weights, decoder_for, state_logical_axes
-from megabyte_jax.generation import cached_logits
+from megabyte_jax.inference.decoding import cast_matmul_weights, decoder_for, state_logical_axes
+from megabyte_jax.inference.generation import cached_logits
 from megabyte_jax.layers import CACHE_AXES, KVCache
-from megabyte_jax.losses import byte_nll
-from megabyte_jax.sampling import sample_logits, sample_uncached
-from megabyte_jax.scoring import (evaluate_windows, make_eval_step, strided_spans,
+from megabyte_jax.training.losses import byte_nll
+from megabyte_jax.inference.sampling import sample_logits, sample_uncached
+from megabyte_jax.inference.scoring import (evaluate_windows, make_eval_step, strided_spans,
                                   strided_windows)
 
 P = 4  # patch size of the `megabyte_cfg` fixture (seq_len 32)
@@ -330,11 +330,11 @@ def _write_run(workdir, **data):
 
   Written in-process with the training code's own functions, which is much faster than a
   training run (tests/test_cli.py covers that one)."""
-  from megabyte_jax.checkpoint import Checkpointer
+  from megabyte_jax.training.checkpoint import Checkpointer
   from megabyte_jax.experiment import base_config
   from megabyte_jax.models import build_model
-  from megabyte_jax.train_state import create_train_state, make_optimizer
-  from megabyte_jax.workdir import save_config
+  from megabyte_jax.training.train_state import create_train_state, make_optimizer
+  from megabyte_jax.training.workdir import save_config
   config = base_config("megabyte", seq_len=64, patch_size=8, global_dim=64, global_layers=1,
                        global_heads=2, local_dim=32, local_layers=1, local_heads=2)
   config.eval.batch_size = 8

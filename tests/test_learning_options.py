@@ -14,8 +14,8 @@ import pytest
 from megabyte_jax import ByteTransformer, Megabyte, MegabyteConfig, TransformerConfig
 from megabyte_jax.config import LEGACY_MEGABYTE_DEFAULTS, PAPER_FORMULATION
 from megabyte_jax.layers import token_shift
-from megabyte_jax.train_state import decay_mask, decay_role
-from megabyte_jax.workdir import load_config, load_trained, resolve_config
+from megabyte_jax.training.train_state import decay_mask, decay_role
+from megabyte_jax.training.workdir import load_config, load_trained, resolve_config
 
 LEGACY_RUN = os.path.join(os.path.dirname(__file__), "data", "legacy_run_2026_11")
 CFG = MegabyteConfig(seq_len=32, patch_size=4, global_dim=32, global_layers=1, global_heads=2,
@@ -56,7 +56,7 @@ def test_full_projection_gives_each_local_position_the_whole_global_output():
   """"full": every local position of patch k reads every feature of global output k;
   "slice" (the paper): position p reads only slice p."""
   g = jax.random.normal(jax.random.key(0), (1, 1, 8))
-  from megabyte_jax.megabyte import project_to_children
+  from megabyte_jax.models.megabyte import project_to_children
   w_full = jax.random.normal(jax.random.key(1), (8, 4, 3))
   w_slice = jax.random.normal(jax.random.key(2), (2, 3))
   bump = g.at[0, 0, 0].add(1.0)                        # a feature of slice 0 only
@@ -154,7 +154,7 @@ def test_patch_strided_windows_score_every_byte_once_in_the_first_half_of_a_patc
     patch_size):
   """The paper's strided inference: pass A from byte 0, pass B from byte ceil(P/2); each
   byte scored exactly once, always at a position in the first half of a patch."""
-  from megabyte_jax.scoring import patch_strided_windows
+  from megabyte_jax.inference.scoring import patch_strided_windows
   seq_len = 4 * patch_size
   docs = [np.arange(1, n + 1) % 251 + 1 for n in (1, 7, seq_len, 3 * seq_len + 3)]
   windows = patch_strided_windows([d.astype(np.uint8) for d in docs], seq_len, patch_size)
@@ -179,7 +179,7 @@ def test_patch_strided_windows_score_every_byte_once_in_the_first_half_of_a_patc
 
 def test_patch_strided_windows_refuse_a_byte_model():
   from megabyte_jax.errors import ConfigError
-  from megabyte_jax.scoring import patch_strided_windows
+  from megabyte_jax.inference.scoring import patch_strided_windows
   with pytest.raises(ConfigError, match="patch of at least 2 bytes"):
     patch_strided_windows([np.zeros(10, np.uint8)], 32, 1)
 
@@ -212,7 +212,7 @@ def test_learning_ablation_driver_trains_variants_through_the_cli(tmp_path):
 def test_shift_units_pads_each_parent_unit_or_only_the_sequence_start():
   """`shift_units`: "patch" puts the pad at unit 0 of every parent unit; "sequence" only at
   the first unit of the sequence, unit 0 of later parents taking the unit before."""
-  from megabyte_jax.megabyte import shift_units
+  from megabyte_jax.models.megabyte import shift_units
   y = jnp.arange(1, 2 * 3 + 1, dtype=jnp.float32).reshape(1, 2, 3, 1)   # [1, n=2, S=3, 1]
   pad = jnp.array([0.0])
   np.testing.assert_array_equal(np.asarray(shift_units(y, pad, False))[0, :, :, 0],

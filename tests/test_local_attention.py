@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from megabyte_jax.local_attention import (patch_attention, patch_attention_supported,
+from megabyte_jax.layers.local_attention import (patch_attention, patch_attention_supported,
                                           reference_patch_attention)
 
 

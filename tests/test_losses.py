@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from megabyte_jax import Megabyte
-from megabyte_jax.losses import LN2, bits_per_byte, byte_nll, masked_nll_sum
+from megabyte_jax.training.losses import LN2, bits_per_byte, byte_nll, masked_nll_sum
 
 
 def _manual_cross_entropy(logits, tokens):

@@ -280,7 +280,7 @@ def test_short_causal_attention_matches_dot_product_attention(length):
 def test_shifted_byte_inputs_match_shift_right_of_the_embeddings():
   """The two-hot matmul equals `shift_right(embed(ids), pad) + pos`, values and gradients."""
   from megabyte_jax.layers import byte_embedding, shift_right
-  from megabyte_jax.megabyte import _shifted_byte_inputs
+  from megabyte_jax.models.megabyte import _shifted_byte_inputs
   rng = np.random.default_rng(3)
   ids = jnp.asarray(rng.integers(0, 256, (2, 3, 8)), jnp.int32)
   embed = byte_embedding(16, None, jnp.float32, jnp.float32, "e")
@@ -337,7 +337,7 @@ def test_megabyte_with_the_pallas_local_attention_matches_xla():
 def test_auto_attention_choice_on_gpu(monkeypatch):
   """On GPU "auto" takes cuDNN for long sequences, the Pallas patch kernel for short ones
   it supports, else `short_causal_attention`; XLA elsewhere."""
-  from megabyte_jax import layers
+  from megabyte_jax.layers import attention as layers
   bf16 = jnp.bfloat16
   assert layers.choose_attention_impl("auto", bf16, 64, 8, 8) == "xla"     # CPU
   assert layers.choose_attention_impl("short", bf16, 64, 1024, 8) == "short"

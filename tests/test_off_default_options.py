@@ -19,9 +19,9 @@ import pytest
 from megabyte_jax import (ByteTransformer, Megabyte, MegabyteConfig, TransformerConfig,
                           generate)
 from megabyte_jax.experiment import base_config
-from megabyte_jax.sampling import sample_uncached
-from megabyte_jax.train_state import TrainState, learning_rate_schedule
-from megabyte_jax.train_step import make_train_step
+from megabyte_jax.inference.sampling import sample_uncached
+from megabyte_jax.training.train_state import TrainState, learning_rate_schedule
+from megabyte_jax.training.train_step import make_train_step
 
 T = 32
 # The `megabyte_cfg` fixture's model (T=32, P=4), one layer per stack: compiles faster.

@@ -79,7 +79,7 @@ def test_import_works_without_the_optional_extras():
       "sys.meta_path.insert(0, Block())\n"
       "import megabyte_jax, megabyte_jax.train, megabyte_jax.evaluate, megabyte_jax.sample\n"
       "import megabyte_jax.data, megabyte_jax.export\n"
-      "from megabyte_jax.metrics import MetricWriter\n"
+      "from megabyte_jax.training.metrics import MetricWriter\n"
       "import tempfile\n"
       "w = MetricWriter(tempfile.mkdtemp(), tensorboard=True); w.write(1, {'x': 1.0}); "
       "w.close()\n"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from megabyte_jax import DataError
-from megabyte_jax.checkpoint import Checkpointer
+from megabyte_jax.training.checkpoint import Checkpointer
 from megabyte_jax.data.pipeline import InMemorySource, document_bytes, training_batches
 
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from megabyte_jax import ConfigError, InputError, Megabyte, MegabyteConfig, generate
 from megabyte_jax.inputs import check_tokens
-from megabyte_jax.sampling import check_sampling_options
+from megabyte_jax.inference.sampling import check_sampling_options
 
 VALID = dict(seq_len=32, patch_size=4, global_dim=32, global_layers=1, global_heads=2,
              local_dim=16, local_layers=1, local_heads=2)
@@ -110,10 +110,10 @@ def sample_workdir(tmp_path_factory):
   `megabyte_jax.sample` loads it once (its `load_trained` is cached here), so each example
   costs only the sampling."""
   from megabyte_jax import sample
-  from megabyte_jax import train_state as state_lib
-  from megabyte_jax.checkpoint import Checkpointer
+  from megabyte_jax.training import train_state as state_lib
+  from megabyte_jax.training.checkpoint import Checkpointer
   from megabyte_jax.experiment import base_config
-  from megabyte_jax.workdir import save_config
+  from megabyte_jax.training.workdir import save_config
   base = str(tmp_path_factory.mktemp("sample"))
   workdir = os.path.join(base, "run")
   config = base_config("megabyte", **VALID)

@@ -14,12 +14,12 @@ import pytest
 
 from conftest import REPO
 from megabyte_jax import CheckpointError, Megabyte, TrainingError
-from megabyte_jax import train_state as state_lib
-from megabyte_jax.checkpoint import Checkpointer
+from megabyte_jax.training import train_state as state_lib
+from megabyte_jax.training.checkpoint import Checkpointer
 from megabyte_jax.experiment import base_config
-from megabyte_jax.metrics import read_metrics
+from megabyte_jax.training.metrics import read_metrics
 from megabyte_jax.train import train_and_evaluate
-from megabyte_jax.train_step import make_train_step
+from megabyte_jax.training.train_step import make_train_step
 
 
 def _config(corpus, steps=12):
@@ -162,7 +162,7 @@ def test_resume_is_bit_identical_with_dropout(corpus, tmp_path):
   import shutil
   shutil.rmtree(os.path.join(resumed, "checkpoints", "8"))     # as if stopped after step 4
   assert train_and_evaluate(None, resumed)["step"] == 8
-  from megabyte_jax.workdir import load_trained
+  from megabyte_jax.training.workdir import load_trained
   _, _, a, _ = load_trained(straight)
   _, _, b, _ = load_trained(resumed)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -219,7 +219,7 @@ def test_kill_9_during_checkpoint_saves_never_damages_the_last_good_one(corpus, 
     proc.kill()
     proc.wait()
     from megabyte_jax.models import build_model
-    from megabyte_jax.workdir import load_config
+    from megabyte_jax.training.workdir import load_config
     config = load_config(workdir)
     model, cfg = build_model(config.model)
     warnings = []
@@ -356,7 +356,7 @@ def test_evaluation_windows_that_would_not_fit_in_memory_are_refused(tmp_path, m
   from megabyte_jax import DataError
   from megabyte_jax.data import load_eval_files
   from megabyte_jax.data import local_files
-  from megabyte_jax.scoring import strided_spans
+  from megabyte_jax.inference.scoring import strided_spans
   big = tmp_path / "big.bin"
   with open(big, "wb") as f:
     f.truncate(5 * 2 ** 30)                     # 40 GiB as windows

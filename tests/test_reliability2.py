@@ -14,8 +14,8 @@ import pytest
 
 from conftest import REPO, run_module
 from megabyte_jax import CheckpointError, ConfigError, DataError, TrainingError
-from megabyte_jax.checkpoint import MANIFEST, CheckpointAccessError, Checkpointer
-from megabyte_jax.metrics import read_metrics
+from megabyte_jax.training.checkpoint import MANIFEST, CheckpointAccessError, Checkpointer
+from megabyte_jax.training.metrics import read_metrics
 from megabyte_jax.train import train_and_evaluate
 from test_reliability import _config, _data_cfg, _env, _train_cmd
 
@@ -41,7 +41,7 @@ def _flip_bytes(path, count=2000, seed=0):
 
 
 def _abstract(config):
-  from megabyte_jax import train_state as state_lib
+  from megabyte_jax.training import train_state as state_lib
   from megabyte_jax.models import build_model
   model, cfg = build_model(config.model)
   return state_lib.abstract_train_state(model, cfg.seq_len,
@@ -152,7 +152,7 @@ def test_cli_config_mistakes_are_one_line(tmp_path):
 
 
 def test_a_start_that_fails_after_validation_leaves_the_workdir_free(corpus, tmp_path):
-  from megabyte_jax.workdir import CONFIG_FILE, save_config
+  from megabyte_jax.training.workdir import CONFIG_FILE, save_config
   workdir = str(tmp_path / "run")
   config = _config(corpus, steps=4)
   config.data.files = str(tmp_path / "nothing-here")     # valid config, missing data
@@ -196,7 +196,7 @@ def test_a_second_trainer_on_the_same_workdir_is_refused(corpus, tmp_path):
 def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(corpus, tmp_path, capsys):
   import socket
   from megabyte_jax.errors import WorkdirLocked
-  from megabyte_jax.workdir_lock import LOCK_FILE, WorkdirLock
+  from megabyte_jax.training.workdir_lock import LOCK_FILE, WorkdirLock
   workdir = tmp_path / "run"
   workdir.mkdir()
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -290,7 +290,7 @@ def test_a_real_tensorstore_resource_exhausted_error_is_caught(small_disk):
 
 def test_full_disk_writing_metrics_or_config_is_one_line(small_disk, corpus):
   from megabyte_jax import MegabyteError
-  from megabyte_jax.metrics import MetricWriter
+  from megabyte_jax.training.metrics import MetricWriter
   workdir = os.path.join(small_disk, "run")
   writer = MetricWriter(workdir, tensorboard=False)
   _fill(small_disk)
@@ -479,7 +479,7 @@ def test_random_faults_over_train_stop_corrupt_resume_lose_nothing_and_never_nan
   poison it with NaN, remove the newest step, or nothing. The next run must resume from the
   newest intact step (never an older one, never a corrupt one), and no restored parameter
   may be NaN."""
-  from megabyte_jax.checkpoint import count_non_finite
+  from megabyte_jax.training.checkpoint import count_non_finite
   rng = np.random.default_rng(23)
   workdir = str(tmp_path / "run")
   target, intact = 0, None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from megabyte_jax import InputError, Megabyte
-from megabyte_jax.sampling import sample_logits, sample_uncached
+from megabyte_jax.inference.sampling import sample_logits, sample_uncached
 
 
 def test_sample_logits_greedy_and_top_k():

@@ -22,13 +22,13 @@ from jax.sharding import PartitionSpec as P
 from conftest import REPO
 from megabyte_jax import ByteTransformer, ConfigError, Megabyte
 from megabyte_jax import sharding
-from megabyte_jax import train_state as state_lib
-from megabyte_jax.checkpoint import Checkpointer
+from megabyte_jax.training import train_state as state_lib
+from megabyte_jax.training.checkpoint import Checkpointer
 from megabyte_jax.experiment import base_config
 from megabyte_jax.layers import stack_block_params
 from megabyte_jax.train import train_and_evaluate
-from megabyte_jax.train_step import make_train_step
-from megabyte_jax.workdir import resolve_config, save_config
+from megabyte_jax.training.train_step import make_train_step
+from megabyte_jax.training.workdir import resolve_config, save_config
 
 CPUS = jax.devices("cpu")
 needs_8 = pytest.mark.skipif(

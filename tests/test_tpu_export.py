@@ -7,11 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from megabyte_jax import fused_decode, generation, scoring
-from megabyte_jax import train_state as state_lib
+from megabyte_jax.layers import fused_decode
+
+from megabyte_jax.inference import generation
+
+from megabyte_jax.inference import scoring
+from megabyte_jax.training import train_state as state_lib
 from megabyte_jax.configs.tiny import get_config
 from megabyte_jax.models import build_model
-from megabyte_jax.train_step import make_train_step
+from megabyte_jax.training.train_step import make_train_step
 
 export = pytest.importorskip("jax.export")
 

@@ -14,14 +14,14 @@ import pytest
 
 from conftest import REPO
 from megabyte_jax import ByteTransformer, CheckpointError, Megabyte
-from megabyte_jax.checkpoint import Checkpointer
+from megabyte_jax.training.checkpoint import Checkpointer
 from megabyte_jax.experiment import base_config
-from megabyte_jax.metrics import read_metrics
+from megabyte_jax.training.metrics import read_metrics
 from megabyte_jax.train import train_and_evaluate
-from megabyte_jax.train_step import make_train_step
-from megabyte_jax.train_state import (abstract_train_state, create_train_state, decay_mask,
+from megabyte_jax.training.train_step import make_train_step
+from megabyte_jax.training.train_state import (abstract_train_state, create_train_state, decay_mask,
                                       learning_rate_schedule, make_optimizer)
-from megabyte_jax.workdir import load_trained
+from megabyte_jax.training.workdir import load_trained
 
 
 def _config(corpus, kind="megabyte", steps=12):

@@ -14,14 +14,14 @@ import pytest
 
 from megabyte_jax import ConfigError, Megabyte, MegabyteConfig, generate
 from megabyte_jax.config import PAPER_FORMULATION
-from megabyte_jax.decoding import cast_matmul_weights, decoder_for, state_logical_axes
+from megabyte_jax.inference.decoding import cast_matmul_weights, decoder_for, state_logical_axes
 from megabyte_jax.flops import model_cost
-from megabyte_jax.generation import cached_logits
+from megabyte_jax.inference.generation import cached_logits
 from megabyte_jax.layers import (CausalConvEncoder, KVCache, StackSpec, TransformerStack,
                                  apply_rotary, cross_patch_cache_len, init_stack_cache)
-from megabyte_jax.megabyte import (conv_encoder, global_spec, level_dim, level_name, level_spec,
+from megabyte_jax.models.megabyte import (conv_encoder, global_spec, level_dim, level_name, level_spec,
                                    local_spec)
-from megabyte_jax.sampling import sample_uncached
+from megabyte_jax.inference.sampling import sample_uncached
 
 T = 32
 BASE = MegabyteConfig(seq_len=T, patch_size=4, global_dim=32, global_layers=2, global_heads=2,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import run_module
-from megabyte_jax import checkpoint as checkpoint_lib
-from megabyte_jax import workdir as workdir_lib
+from megabyte_jax.training import checkpoint as checkpoint_lib
+from megabyte_jax.training import workdir as workdir_lib
 from megabyte_jax.errors import ConfigError, DataError
-from megabyte_jax.metrics import MetricWriter, read_metrics
+from megabyte_jax.training.metrics import MetricWriter, read_metrics
 
 fsspec = pytest.importorskip("fsspec")
 

@@ -34,12 +34,12 @@ import numpy as np
 from absl import app, flags
 
 from megabyte_jax import ByteTransformer, Megabyte, MegabyteConfig, TransformerConfig, generate
-from megabyte_jax import fused_decode
-from megabyte_jax.generation import cached_logits
-from megabyte_jax.megabyte import local_spec
+from megabyte_jax.layers import fused_decode
+from megabyte_jax.inference.generation import cached_logits
+from megabyte_jax.models.megabyte import local_spec
 from megabyte_jax.flops import model_cost
-from megabyte_jax.sampling import sample_uncached
-from megabyte_jax.train_state import init_params
+from megabyte_jax.inference.sampling import sample_uncached
+from megabyte_jax.training.train_state import init_params
 
 _PRESET = flags.DEFINE_enum("preset", "tiny", ["tiny", "reference"], "Model sizes.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")

@@ -28,8 +28,8 @@ import traceback
 import numpy as np
 
 def load_module():
-  """The kernels' module (`megabyte_jax.local_attention`)."""
-  from megabyte_jax import local_attention
+  """The kernels' module (`megabyte_jax.layers.local_attention`)."""
+  from megabyte_jax.layers import local_attention
   return local_attention
 
 

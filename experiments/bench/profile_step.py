@@ -25,7 +25,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from megabyte_jax import sharding
-from megabyte_jax.train_step import fresh_training
+from megabyte_jax.training.train_step import fresh_training
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/reference.py",
                                           "Experiment config.")

@@ -46,9 +46,9 @@ from ml_collections import config_flags
 from megabyte_jax import data as data_lib
 from megabyte_jax import sharding
 from megabyte_jax.flops import model_cost
-from megabyte_jax.losses import byte_nll
+from megabyte_jax.training.losses import byte_nll
 from megabyte_jax.models import build_model
-from megabyte_jax.train_step import fresh_training
+from megabyte_jax.training.train_step import fresh_training
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/reference.py",
                                           "Experiment config (its model and train sections).")

@@ -34,10 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from megabyte_jax import fused_decode
-from megabyte_jax.decoding import Decoder, decoder_for, unbox_params
+from megabyte_jax.layers import fused_decode
+from megabyte_jax.inference.decoding import Decoder, decoder_for, unbox_params
 from megabyte_jax.errors import InputError
-from megabyte_jax.sampling import check_sampling_options, sample_logits
+from megabyte_jax.inference.sampling import check_sampling_options, sample_logits
 
 __all__ = ["cached_logits", "generate", "slide_step"]
 

@@ -21,11 +21,11 @@ from etils import epath
 import flax.linen as nn
 import ml_collections
 
-from megabyte_jax.checkpoint import Checkpointer
+from megabyte_jax.training.checkpoint import Checkpointer
 from megabyte_jax.config import LEGACY_MEGABYTE_DEFAULTS, LEGACY_TRANSFORMER_DEFAULTS
 from megabyte_jax.errors import CheckpointError, ConfigError, DataError
 from megabyte_jax.models import build_model
-from megabyte_jax.train_state import abstract_train_state, make_optimizer
+from megabyte_jax.training.train_state import abstract_train_state, make_optimizer
 
 CONFIG_FILE = "config.json"
 

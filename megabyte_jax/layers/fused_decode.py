@@ -39,7 +39,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 from megabyte_jax.config import resolve_dtype
-from megabyte_jax.layers import KVCache, StackSpec, previous_shift_rows, token_shift
+from megabyte_jax.layers.kvcache import KVCache
+from megabyte_jax.layers.spec import StackSpec
+from megabyte_jax.layers.token_shift import previous_shift_rows, token_shift
 
 __all__ = ["MAX_BATCH", "MODE", "block_step", "prepare_stack", "stack_step", "supported",
            "use_fused"]

@@ -7,8 +7,8 @@ from typing import Any, Mapping, Union
 import flax.linen as nn
 
 from megabyte_jax.config import ConfigError, MegabyteConfig, TransformerConfig
-from megabyte_jax.megabyte import Megabyte
-from megabyte_jax.transformer import ByteTransformer
+from megabyte_jax.models.megabyte import Megabyte
+from megabyte_jax.models.transformer import ByteTransformer
 
 ModelConfig = Union[MegabyteConfig, TransformerConfig]
 MODEL_KINDS = {"megabyte": (MegabyteConfig, Megabyte),

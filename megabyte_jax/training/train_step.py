@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import optax
 
 from megabyte_jax import sharding as sharding_lib
-from megabyte_jax import train_state as state_lib
+from megabyte_jax.training import train_state as state_lib
 from megabyte_jax.errors import ConfigError
-from megabyte_jax.losses import byte_nll
+from megabyte_jax.training.losses import byte_nll
 from megabyte_jax.models import build_model
 
 

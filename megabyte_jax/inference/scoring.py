@@ -28,7 +28,7 @@ import numpy as np
 
 from megabyte_jax.data import EvalWindows
 from megabyte_jax.errors import ConfigError, DataError
-from megabyte_jax.losses import LN2, masked_nll_sum
+from megabyte_jax.training.losses import LN2, masked_nll_sum
 
 
 def make_eval_step(model: nn.Module):

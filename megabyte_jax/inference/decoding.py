@@ -1,7 +1,7 @@
 """Incremental (KV-cached) decoding of `Megabyte` and `ByteTransformer`.
 
 A decoder turns one model into three pure functions over its parameters, which
-`megabyte_jax.generation` strings together into a jitted decoding loop:
+`megabyte_jax.inference.generation` strings together into a jitted decoding loop:
 
   prefill(params, tokens)             runs the known bytes `tokens [batch, W]` (W static, W may
                                       be 0) in one pass and returns the state for position W;
@@ -38,16 +38,16 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from megabyte_jax import fused_decode
+from megabyte_jax.layers import fused_decode
 from megabyte_jax.config import MegabyteConfig, TransformerConfig
 from megabyte_jax.errors import InputError
 from megabyte_jax.layers import (CACHE_AXES, ByteHead, CausalConvEncoder, KVCache,
                                  TransformerStack, byte_embedding, cross_patch_cache_len,
                                  init_stack_cache, make_norm)
-from megabyte_jax.megabyte import (Megabyte, conv_encoder, global_spec, level_dim, level_name,
+from megabyte_jax.models.megabyte import (Megabyte, conv_encoder, global_spec, level_dim, level_name,
                                    level_spec, local_spec, patch_projection,
                                    project_to_children, shift_units)
-from megabyte_jax.transformer import ByteTransformer, stack_spec
+from megabyte_jax.models.transformer import ByteTransformer, stack_spec
 
 __all__ = ["ByteTransformerDecoder", "MegabyteDecoder", "cast_matmul_weights", "decoder_for",
            "state_logical_axes", "unbox_params"]

@@ -1,0 +1,55 @@
+"""`StackSpec`: everything one transformer stack needs, and the logical names of activation
+axes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+# Logical names of activation axes, used with `nn.with_logical_constraint`.
+ACT_SEQ = ("activation_batch", "activation_length", "activation_embed")
+# Logical names of a KV cache's axes `[batch, max_len, heads, head_dim]`: batch like
+
+
+@dataclasses.dataclass(frozen=True)
+class StackSpec:
+  """Everything one transformer stack needs, independent of which model owns it.
+
+  Attributes:
+    dim: model width. layers, heads, head_dim: stack shape. mlp_ratio: MLP width / dim.
+    activation, norm, dropout, dtype, param_dtype, init_std, use_bias, attention_impl,
+      remat, scan_layers: as in `MegabyteConfig`.
+    cross_patch: r > 0 turns on cross-patch attention over patches of `patch` positions
+      (see the module docstring); 0 (default): plain causal attention over the whole input.
+    patch: the patch length of cross-patch attention (unused when `cross_patch` is 0).
+    token_shift: shift half the features of each position by one position before the
+      attention and the MLP of every block (`token_shift`).
+  """
+
+  dim: int
+  layers: int
+  heads: int
+  head_dim: int
+  mlp_ratio: int = 4
+  activation: str = "gelu"
+  norm: str = "layernorm"
+  dropout: float = 0.0
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  init_std: Optional[float] = None
+  use_bias: bool = True
+  attention_impl: str = "auto"
+  remat: str = "none"
+  scan_layers: bool = False
+  cross_patch: int = 0
+  patch: int = 0
+  token_shift: bool = False
+
+  @property
+  def mlp_dim(self) -> int:
+    """Hidden width of the MLP (2/3 of it per branch for SwiGLU, rounded up to 8)."""
+    hidden = self.mlp_ratio * self.dim
+    if self.activation == "swiglu":
+      hidden = 8 * math.ceil(2 * hidden / 3 / 8)
+    return hidden
