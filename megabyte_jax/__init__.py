@@ -16,11 +16,13 @@
 from megabyte_jax.config import MegabyteConfig, TransformerConfig
 from megabyte_jax.errors import (CheckpointError, ConfigError, DataError, InputError,
                                  MegabyteError, Preempted, TrainingError)
+from megabyte_jax.inference.decoding import DecodeOptions
 from megabyte_jax.inference.generation import generate
 from megabyte_jax.models.megabyte import Megabyte
 from megabyte_jax.models.transformer import ByteTransformer
 
-__all__ = ["ByteTransformer", "CheckpointError", "ConfigError", "DataError", "InputError",
+__all__ = ["ByteTransformer", "CheckpointError", "ConfigError", "DataError", "DecodeOptions",
+           "InputError",
            "Megabyte", "MegabyteConfig", "MegabyteError", "Preempted", "TrainingError",
            "TransformerConfig", "export_params", "generate", "load_exported", "load_trained"]
 __version__ = "0.1.0"

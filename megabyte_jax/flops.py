@@ -21,8 +21,7 @@ from typing import Optional, Union
 
 from megabyte_jax.config import PAPER_FORMULATION, MegabyteConfig, TransformerConfig
 from megabyte_jax.layers import StackSpec
-from megabyte_jax.models.megabyte import global_spec, level_dim, level_spec
-from megabyte_jax.models.transformer import stack_spec
+from megabyte_jax.models.levels import level_specs
 
 ModelConfig = Union[MegabyteConfig, TransformerConfig]
 
@@ -106,9 +105,10 @@ def megabyte_cost(cfg: MegabyteConfig, seq_len: Optional[int] = None) -> CostRep
   keys per query, plus the projection of its parent's output slice).
   """
   t = seq_len or cfg.seq_len
-  units, sizes = cfg.unit_sizes, cfg.level_patch_sizes
+  levels = level_specs(cfg)
+  units = cfg.unit_sizes
   de, dl = cfg.global_embed_dim, cfg.local_dim
-  gspec = global_spec(cfg)
+  gspec = levels[0].stack
   head = _head_params(dl, cfg)
   embeddings = 256 * de + cfg.seq_len * de + cfg.global_dim
   non_embedding = stack_params(gspec) + head
@@ -122,9 +122,9 @@ def megabyte_cost(cfg: MegabyteConfig, seq_len: Optional[int] = None) -> CostRep
     non_embedding += (2 * width + width * cfg.global_dim + 2 * cfg.global_dim
                       + (cfg.global_dim if cfg.use_bias else 0))
     matmul += width * cfg.global_dim / units[0]
-  for level in range(1, cfg.levels):
-    spec, dim, s, u = level_spec(cfg, level), level_dim(cfg, level), sizes[level - 1], units[level]
-    width = level_dim(cfg, level - 1)
+  for level in levels[1:]:
+    spec, dim, s, u = level.stack, level.width, level.patch, level.unit
+    width = levels[level.index - 1].width
     # Per byte, both forms cost the parent's width x this width once per unit of this
     # level: "slice" projects one slice (width / S) per unit, "full" the whole output once
     # per parent unit into S units.
@@ -142,7 +142,7 @@ def megabyte_cost(cfg: MegabyteConfig, seq_len: Optional[int] = None) -> CostRep
 def transformer_cost(cfg: TransformerConfig, seq_len: Optional[int] = None) -> CostReport:
   """Parameters and per-byte FLOPs of `ByteTransformer(cfg)` on `seq_len`-byte sequences."""
   t = seq_len or cfg.seq_len
-  spec = stack_spec(cfg)
+  spec = level_specs(cfg)[0].stack
   head = _head_params(cfg.dim, cfg)
   embeddings = 256 * cfg.dim + cfg.dim + cfg.seq_len * cfg.dim
   non_embedding = stack_params(spec) + head
@@ -206,12 +206,13 @@ def paper_table() -> list[dict]:
   rows = []
   for name, cfg, paper_global, paper_local in PAPER_TABLE15:
     cost = model_cost(cfg)
+    levels = level_specs(cfg)
     if isinstance(cfg, MegabyteConfig):
-      ours_global, ours_local = stack_params(global_spec(cfg)), stack_params(level_spec(cfg, 1))
+      ours_global, ours_local = stack_params(levels[0].stack), stack_params(levels[1].stack)
       shape = (f"MEGABYTE {cfg.global_dim}xL{cfg.global_layers} / "
                f"{cfg.local_dim}xL{cfg.local_layers}, P={cfg.patch_size}")
     else:
-      ours_global, ours_local = stack_params(stack_spec(cfg)), 0
+      ours_global, ours_local = stack_params(levels[0].stack), 0
       shape = f"Transformer {cfg.dim}xL{cfg.layers}"
     rows.append({"setup": name, "model": shape, "context": cfg.seq_len,
                  "paper_global": paper_global, "paper_local": paper_local,

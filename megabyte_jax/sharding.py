@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from megabyte_jax.errors import ConfigError
+from megabyte_jax.models.levels import level_specs
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -99,7 +100,8 @@ def make_mesh(mesh_cfg: Optional[Mapping[str, int]] = None,
 
 def check_model_fits_mesh(model_cfg: Any, mesh: Mesh) -> None:
   """Refuses a tensor-parallel axis that does not divide the attention heads or the MLP
-  width of every transformer stack of the model (`MegabyteConfig` or `TransformerConfig`).
+  width of every transformer stack of the model (`MegabyteConfig` or `TransformerConfig`;
+  every level, `models.levels.level_specs`).
 
   Raises:
     ConfigError: naming the stack, its head count (or MLP width) and the tensor axis size.
@@ -107,20 +109,18 @@ def check_model_fits_mesh(model_cfg: Any, mesh: Mesh) -> None:
   size = mesh.shape["tensor"]
   if size == 1:
     return
-  if hasattr(model_cfg, "global_heads"):
-    stacks = {"global": (model_cfg.global_heads, model_cfg.global_dim),
-              "local": (model_cfg.local_heads, model_cfg.local_dim)}
-  else:
-    stacks = {"": (model_cfg.heads, model_cfg.dim)}
-  for name, (heads, dim) in stacks.items():
-    prefix = f"{name}_" if name else ""
-    if heads % size:
-      raise ConfigError(f"model.{prefix}heads={heads} is not divisible by the mesh's tensor "
-                        f"axis ({size}): tensor parallelism splits attention heads; use a "
-                        f"tensor size that divides {heads}, or put the devices on data/fsdp")
-    if (model_cfg.mlp_ratio * dim) % size:
-      raise ConfigError(f"the {name or 'model'} MLP width {model_cfg.mlp_ratio * dim} is not "
-                        f"divisible by the mesh's tensor axis ({size})")
+  for level in level_specs(model_cfg):
+    spec, field = level.stack, (f"model.{level.name}_heads" if level.name else "model.heads")
+    if level.name.startswith("level_"):
+      field = f"model.mid_heads[{level.index - 1}]"
+    stack = f"the {level.name} model" if level.name else "the model"
+    if spec.heads % size:
+      raise ConfigError(f"{field}={spec.heads} is not divisible by the mesh's tensor axis "
+                        f"({size}): tensor parallelism splits attention heads; use a tensor "
+                        f"size that divides {spec.heads}, or put the devices on data/fsdp")
+    if spec.mlp_dim % size:
+      raise ConfigError(f"the MLP width of {stack}, {spec.mlp_dim}, is not divisible by the "
+                        f"mesh's tensor axis ({size})")
 
 
 def logical_sharding(spec: Any, mesh: Mesh,

@@ -79,13 +79,14 @@ def test_paper_config_matches_the_paper_and_builds(path):
   learning_rate_schedule(config.train)   # a valid schedule
   from megabyte_jax.flops import stack_params
   if config.model.kind == "megabyte":
-    from megabyte_jax.models.megabyte import global_spec, local_spec
+    from megabyte_jax.models.levels import level_specs
     assert (cfg.global_dim, cfg.global_layers) == global_shape
     assert (cfg.local_dim, cfg.local_layers) == local_shape
-    ours = stack_params(global_spec(cfg)) / 1e6, stack_params(local_spec(cfg)) / 1e6
+    levels = level_specs(cfg)
+    ours = stack_params(levels[0].stack) / 1e6, stack_params(levels[-1].stack) / 1e6
     paper = g_m, l_m
   else:
-    from megabyte_jax.models.transformer import stack_spec
+    from megabyte_jax.models.levels import stack_spec
     assert (cfg.dim, cfg.layers) == global_shape
     ours, paper = (stack_params(stack_spec(cfg)) / 1e6,), (g_m,)
   # The paper names sizes after Table 14's classes (GPT-3's, which count a 50k-token

@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, run_module
 from megabyte_jax import ByteTransformer, ConfigError, InputError, Megabyte, generate
 from megabyte_jax.data import eval_windows
-from megabyte_jax.inference.decoding import cast_matmul_weights, decoder_for, state_logical_axes
+from megabyte_jax.inference.decoding import decoder_for, state_logical_axes
 from megabyte_jax.inference.generation import cached_logits
 from megabyte_jax.layers import CACHE_AXES, KVCache
 from megabyte_jax.training.losses import byte_nll
@@ -109,19 +109,27 @@ def test_cached_logits_bfloat16_are_close(megabyte_cfg):
 
 
 @pytest.mark.parametrize("kind", ["megabyte", "transformer"])
-def test_casting_matmul_weights_once_changes_no_logit(kind, megabyte_cfg, transformer_cfg):
-  """The decoder casts matmul kernels to bf16 once; the model casts them at every use, so
-  the bf16 forward pass gives bit-identical logits, and nothing else is cast."""
+def test_the_parameters_decoding_reads_change_no_logit(kind, megabyte_cfg, transformer_cfg):
+  """`Decoder.prepare` folds every block's norms into its kernels and casts the kernels to
+  bf16 once; the blocks fold and cast at every use, rounding once, so the bf16 forward pass
+  gives bit-identical logits from either parameter tree. Norm scales become ones, and
+  nothing outside the blocks' kernels is cast."""
   model, variables = _model(kind, megabyte_cfg, transformer_cfg, seed=2)
-  bf16 = type(model)(model.config.replace(dtype="bfloat16"))
   params = nn.meta.unbox(variables)["params"]
-  cast = cast_matmul_weights(params, jnp.bfloat16)
+  leaves = jax.tree_util.tree_leaves(params)   # non-trivial norms, so that folding matters
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), [
+      a + 0.1 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)])
+  bf16 = type(model)(model.config.replace(dtype="bfloat16"))
+  prepared = decoder_for(bf16).prepare(params, 2)
   changed = {jax.tree_util.keystr(path) for path, leaf in
-             jax.tree_util.tree_leaves_with_path(cast) if leaf.dtype == jnp.bfloat16}
-  assert changed and all(("_kernel" in p) or ("global_to_local" in p) for p in changed)
-  assert not any("head" in p or "embed" in p or "norm" in p for p in changed)
+             jax.tree_util.tree_leaves_with_path(prepared) if leaf.dtype == jnp.bfloat16}
+  assert changed and all("_kernel" in p for p in changed)
+  assert not any("head" in p or "embed" in p for p in changed)
+  stack = prepared["local_model" if kind == "megabyte" else "model"]["block_0"]
+  np.testing.assert_array_equal(np.asarray(stack["attn_norm"]["scale"]), 1.0)
   tokens = _prompt(2, 32, seed=4)
-  np.testing.assert_array_equal(np.asarray(bf16.apply({"params": cast}, tokens)),
+  np.testing.assert_array_equal(np.asarray(bf16.apply({"params": prepared}, tokens)),
                                 np.asarray(bf16.apply({"params": params}, tokens)))
 
 

@@ -209,13 +209,14 @@ def test_learning_ablation_driver_trains_variants_through_the_cli(tmp_path):
     learning_ablation.main([f"--corpus={corpus}", "--variants=nope"])
 
 
-def test_shift_units_pads_each_parent_unit_or_only_the_sequence_start():
-  """`shift_units`: "patch" puts the pad at unit 0 of every parent unit; "sequence" only at
+def test_previous_units_pad_each_parent_unit_or_only_the_sequence_start():
+  """`previous_units`: "patch" puts the pad at unit 0 of every parent unit; "sequence" only at
   the first unit of the sequence, unit 0 of later parents taking the unit before."""
-  from megabyte_jax.models.megabyte import shift_units
-  y = jnp.arange(1, 2 * 3 + 1, dtype=jnp.float32).reshape(1, 2, 3, 1)   # [1, n=2, S=3, 1]
-  pad = jnp.array([0.0])
-  np.testing.assert_array_equal(np.asarray(shift_units(y, pad, False))[0, :, :, 0],
-                                [[0, 1, 2], [0, 4, 5]])
-  np.testing.assert_array_equal(np.asarray(shift_units(y, pad, True))[0, :, :, 0],
-                                [[0, 1, 2], [3, 4, 5]])
+  from megabyte_jax.models.megabyte import previous_units
+  units = jnp.arange(1, 2 * 3 + 1, dtype=jnp.int32).reshape(1, 6, 1)   # [1, n*S = 6, U = 1]
+  previous, pad = previous_units(units, 3, False)
+  np.testing.assert_array_equal(np.asarray(previous)[0, :, 0], [0, 1, 2, 3, 4, 5])
+  np.testing.assert_array_equal(np.asarray(pad), [1, 0, 0, 1, 0, 0])
+  previous, pad = previous_units(units, 3, True)
+  np.testing.assert_array_equal(np.asarray(previous)[0, :, 0], [0, 1, 2, 3, 4, 5])
+  np.testing.assert_array_equal(np.asarray(pad), [1, 0, 0, 0, 0, 0])

@@ -277,10 +277,13 @@ def test_short_causal_attention_matches_dot_product_attention(length):
   np.testing.assert_allclose(out.astype(jnp.float32), ref(q, k, v), atol=0.05)
 
 
-def test_shifted_byte_inputs_match_shift_right_of_the_embeddings():
-  """The two-hot matmul equals `shift_right(embed(ids), pad) + pos`, values and gradients."""
+@pytest.mark.parametrize("sequence", [False, True])
+def test_byte_unit_inputs_match_shift_right_of_the_embeddings(sequence):
+  """The byte level's input (`unit_inputs` of the previous units, the two-hot matmul) equals
+  `shift_right(embed(ids), pad) + pos`, values and gradients, with the pad at every patch
+  start ("patch") or at the window start only ("sequence")."""
   from megabyte_jax.layers import byte_embedding, shift_right
-  from megabyte_jax.models.megabyte import _shifted_byte_inputs
+  from megabyte_jax.models.megabyte import previous_units, unit_inputs
   rng = np.random.default_rng(3)
   ids = jnp.asarray(rng.integers(0, 256, (2, 3, 8)), jnp.int32)
   embed = byte_embedding(16, None, jnp.float32, jnp.float32, "e")
@@ -288,14 +291,24 @@ def test_shifted_byte_inputs_match_shift_right_of_the_embeddings():
   pad = jnp.asarray(rng.normal(size=(16,)), jnp.float32)
   pos = jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)
   probe = jnp.asarray(rng.normal(size=(2, 3, 8, 16)), jnp.float32)
-  def ours(table, pad, pos):
-    return _shifted_byte_inputs(ids, embed.bind(table), pad, pos, jnp.float32)
+  def ours(table, pad, pos, dropout=None):
+    previous, mask = previous_units(ids.reshape(2, 24, 1), 8, sequence)
+    y = unit_inputs(previous, mask, jnp.arange(24) % 8, embed.bind(table), pad, pos,
+                    jnp.float32, dropout)
+    return y.reshape(2, 3, 8, 16)
   def reference(table, pad, pos):
-    return shift_right(embed.apply(table, ids), pad, axis=2) + pos
+    y = embed.apply(table, ids)
+    if sequence:
+      return shift_right(y.reshape(2, 24, 16), pad, axis=1).reshape(2, 3, 8, 16) + pos
+    return shift_right(y, pad, axis=2) + pos
   np.testing.assert_allclose(ours(table, pad, pos), reference(table, pad, pos), atol=1e-6)
   grads = [jax.grad(lambda *a, f=f: (f(*a) * probe).sum(), argnums=(0, 1, 2))(table, pad, pos)
            for f in (ours, reference)]
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), *grads)
+  # The general path (units of several bytes, or embedding dropout) computes the same sum.
+  no_drop = nn.Dropout(0.0).bind({})
+  np.testing.assert_allclose(ours(table, pad, pos, no_drop), reference(table, pad, pos),
+                             atol=1e-6)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -346,3 +359,21 @@ def test_auto_attention_choice_on_gpu(monkeypatch):
   assert layers.choose_attention_impl("auto", bf16, 64, 8, 8) == "pallas"
   assert layers.choose_attention_impl("auto", bf16, 48, 8, 8) == "short"   # unsupported width
   assert layers.choose_attention_impl("auto", jnp.float32, 64, 512, 8) == "xla"
+
+
+def test_the_stack_is_told_its_mode_and_refuses_a_mismatched_cache():
+  """`Mode` is explicit: TRAIN takes no cache, PREFILL and DECODE need one; PREFILL fills an
+  empty cache with the training numbers."""
+  from megabyte_jax.layers import Mode, StackSpec, TransformerStack, init_stack_cache
+  spec = StackSpec(dim=8, layers=1, heads=2, head_dim=4)
+  stack = TransformerStack(spec)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 8)), jnp.float32)
+  params = stack.init(jax.random.key(0), x)
+  cache = init_stack_cache(spec, 1, 4)
+  with pytest.raises(ValueError, match="mode train needs no cache"):
+    stack.apply(params, x, cache=cache)
+  with pytest.raises(ValueError, match="mode prefill needs a cache"):
+    stack.apply(params, x, mode=Mode.PREFILL)
+  out, filled = stack.apply(params, x, cache=cache, mode=Mode.PREFILL)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(stack.apply(params, x)))
+  assert float(jnp.abs(filled[0].k).sum()) > 0

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from megabyte_jax.layers import fused_decode
 
 from megabyte_jax.inference import generation
 
@@ -53,7 +52,7 @@ def test_eval_step_lowers_for_tpu(tiny):
 def test_generate_loop_lowers_for_tpu(tiny):
   _, model, _, _, state = tiny
   run = generation._compiled(type(model), model.config, 16, 0.8, None, 0.95, (), False,
-                             fused_decode.MODE)
+                             generation.DecodeOptions())
   prompt = jnp.asarray(np.frombuffer(b"def ", np.uint8)[None].astype(np.int32))
   text = _lowered_for_tpu(run, state.params, prompt, jax.random.key(1), None)
   assert "while" in text   # the decode loop stays a loop on device

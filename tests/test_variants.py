@@ -14,13 +14,13 @@ import pytest
 
 from megabyte_jax import ConfigError, Megabyte, MegabyteConfig, generate
 from megabyte_jax.config import PAPER_FORMULATION
-from megabyte_jax.inference.decoding import cast_matmul_weights, decoder_for, state_logical_axes
+from megabyte_jax.inference.decoding import decoder_for, state_logical_axes
 from megabyte_jax.flops import model_cost
 from megabyte_jax.inference.generation import cached_logits
-from megabyte_jax.layers import (CausalConvEncoder, KVCache, StackSpec, TransformerStack,
+from megabyte_jax.layers import (CausalConvEncoder, KVCache, Mode, StackSpec, TransformerStack,
                                  apply_rotary, cross_patch_cache_len, init_stack_cache)
-from megabyte_jax.models.megabyte import (conv_encoder, global_spec, level_dim, level_name, level_spec,
-                                   local_spec)
+from megabyte_jax.models.levels import level_specs, model_stacks
+from megabyte_jax.models.megabyte import conv_encoder
 from megabyte_jax.inference.sampling import sample_uncached
 
 T = 32
@@ -211,14 +211,22 @@ def test_deeper_hierarchy_parameter_names_and_shapes(paper):
   assert set(params["level_1_model"]) == {"block_0", "final_norm"}
 
 
-def test_level_helpers():
+def test_level_specs():
   cfg = VARIANTS["four_level"]
-  assert [level_name(cfg, l) for l in range(4)] == ["global", "level_1", "level_2", "local"]
-  assert [level_dim(cfg, l) for l in range(4)] == [32, 16, 8, 16]
-  assert level_spec(cfg, 0) == global_spec(cfg) and level_spec(cfg, 3) == local_spec(cfg)
-  assert level_spec(cfg, 2).dim == 8 and level_spec(cfg, 2).heads == 2
-  assert local_spec(cfg).cross_patch == 1 and local_spec(cfg).patch == 2
-  assert global_spec(cfg).cross_patch == 0
+  levels = level_specs(cfg)
+  assert [l.name for l in levels] == ["global", "level_1", "level_2", "local"]
+  assert [l.parent for l in levels] == [None, "global", "level_1", "level_2"]
+  assert [l.width for l in levels] == [32, 16, 8, 16] == [l.stack.dim for l in levels]
+  assert [l.unit for l in levels] == [8, 4, 2, 1] and [l.patch for l in levels[1:]] == [2, 2, 2]
+  assert levels[0].patch == cfg.num_patches and levels[-1].is_bytes
+  assert levels[2].stack.heads == 2 and levels[0].stack.heads == cfg.global_heads
+  assert levels[-1].stack.cross_patch == 1 and levels[-1].stack.patch == 2
+  assert levels[0].stack.cross_patch == 0 and levels[1].stack.cross_patch == 0
+  assert list(model_stacks(cfg)) == ["global_model", "level_1_model", "level_2_model",
+                                     "local_model"]
+  params = nn.meta.unbox(_variables(cfg))["params"]    # the model's own parameter names
+  assert set(model_stacks(cfg)) <= set(params)
+  assert {f"{l.parent}_to_{l.name}" for l in levels[1:]} <= set(params)
   assert cfg.levels == 4 and cfg.unit_sizes == (8, 4, 2, 1) and cfg.local_patch_size == 2
   assert cfg.level_patch_sizes == (2, 2, 2) and BASE.level_patch_sizes == (4,)
   assert BASE.unit_sizes == (4, 1) and BASE.levels == 2
@@ -234,18 +242,21 @@ def test_decoder_state_of_a_deep_model_carries_axis_names():
   state = decoder.init_state(2)
   axes = state_logical_axes(state)
   assert len(jax.tree_util.tree_leaves(state)) == len(jax.tree_util.tree_leaves(axes))
-  assert state["local_cache"].k.shape[2] == cross_patch_cache_len(local_spec(cfg)) == 4
+  assert state["local_cache"].k.shape[2] == cross_patch_cache_len(level_specs(cfg)[-1].stack) == 4
   assert [g.shape for g in state["mid_g"]] == [(2, 2, 16), (2, 2, 8)]
   assert state["conv_bytes"].shape == (2, 2)
   assert not decoder.fusable and decoder_for(Megabyte(BASE)).fusable
 
 
-def test_level_projections_are_cast_for_decoding():
-  params = nn.meta.unbox(_variables(VARIANTS["three_level"]))["params"]
-  cast = cast_matmul_weights(params, jnp.bfloat16)
-  for name in ("global_to_level_1", "level_1_to_local"):
-    assert cast[name].dtype == jnp.bfloat16
-  assert cast["level_1_pos"].dtype == jnp.float32
+def test_every_level_stack_is_prepared_for_decoding():
+  """`Decoder.prepare` folds and casts the blocks of every level's stack, middle ones too."""
+  cfg = VARIANTS["three_level"].replace(dtype="bfloat16")
+  params = nn.meta.unbox(_variables(cfg))["params"]
+  prepared = decoder_for(Megabyte(cfg)).prepare(params, 1)
+  for name in model_stacks(cfg):
+    assert prepared[name]["block_0"]["mlp"]["in_kernel"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(prepared[name]["block_0"]["mlp_norm"]["scale"]), 1.0)
+  assert prepared["level_1_pos"].dtype == jnp.float32
 
 
 def test_apply_rotary_depends_on_relative_positions_only():
@@ -288,10 +299,11 @@ def test_cross_patch_stack_decodes_like_its_training_path():
   params = stack.init(jax.random.key(0), x)
   full = stack.apply(params, x)
   cache = init_stack_cache(spec, 2, cross_patch_cache_len(spec))
-  out, cache = stack.apply(params, x[:, :6], cache=cache, index=0)
+  out, cache = stack.apply(params, x[:, :6], cache=cache, mode=Mode.PREFILL)
   np.testing.assert_allclose(out, full[:, :6], rtol=1e-5, atol=1e-5)
   for t in range(6, 16):
-    out, cache = stack.apply(params, x[:, t:t + 1], cache=cache, index=jnp.asarray(t))
+    out, cache = stack.apply(params, x[:, t:t + 1], cache=cache, index=jnp.asarray(t),
+                             mode=Mode.DECODE)
     np.testing.assert_allclose(out[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
   assert isinstance(cache[0], KVCache) and cache[0].k.shape == (2, 8, 2, 4)
 

@@ -34,9 +34,8 @@ import numpy as np
 from absl import app, flags
 
 from megabyte_jax import ByteTransformer, Megabyte, MegabyteConfig, TransformerConfig, generate
-from megabyte_jax.layers import fused_decode
+from megabyte_jax.inference.decoding import FUSED_LOCAL, DecodeOptions, decoder_for
 from megabyte_jax.inference.generation import cached_logits
-from megabyte_jax.models.megabyte import local_spec
 from megabyte_jax.flops import model_cost
 from megabyte_jax.inference.sampling import sample_uncached
 from megabyte_jax.training.train_state import init_params
@@ -54,7 +53,7 @@ _DTYPE = flags.DEFINE_string("dtype", None, "Override the compute dtype of both 
 _TF_DIM = flags.DEFINE_integer("transformer_dim", None, "Baseline width (default: preset).")
 _TF_LAYERS = flags.DEFINE_integer("transformer_layers", None, "Baseline depth.")
 _TF_HEADS = flags.DEFINE_integer("transformer_heads", None, "Baseline heads.")
-_FUSED = flags.DEFINE_list("fused", ["auto"], "fused_decode.MODE values to time, in order "
+_FUSED = flags.DEFINE_list("fused", ["auto"], "DecodeOptions.fused values to time, in order "
                            "(auto: the fused local step on GPU where it applies; off: XLA).")
 _CHECK_BYTES = flags.DEFINE_integer("check_bytes", 0, "If > 0 and several --fused modes are "
                                     "given: compare their teacher-forced logits over this many "
@@ -104,17 +103,20 @@ def _peak_memory() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-def time_cached(name, model, params, batch, prompt_len, num_bytes, repeats) -> dict:
+def time_cached(name, model, params, batch, prompt_len, num_bytes, repeats,
+                options: DecodeOptions = DecodeOptions()) -> dict:
   """Median seconds of `generate` for one batch size, after a warm-up (compiling) call."""
   prompt = np.random.default_rng(0).integers(0, 256, (batch, prompt_len)).astype(np.int32)
   variables = {"params": params}
   start = time.perf_counter()
-  jax.block_until_ready(generate(model, variables, prompt, num_bytes, jax.random.key(0)))
+  jax.block_until_ready(generate(model, variables, prompt, num_bytes, jax.random.key(0),
+                                 options=options))
   compile_s = time.perf_counter() - start
   times = []
   for i in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(generate(model, variables, prompt, num_bytes, jax.random.key(i + 1)))
+    jax.block_until_ready(generate(model, variables, prompt, num_bytes, jax.random.key(i + 1),
+                                   options=options))
     times.append(time.perf_counter() - start)
   seconds = statistics.median(times)
   return {"what": "generate", "model": name, "sampler": "kv_cached", "batch": batch,
@@ -141,14 +143,20 @@ def time_uncached(name, model, params, prompt_len, num_bytes) -> dict:
           "compile_s": round(compile_s, 2)}
 
 
+def uses_fused(model, params, batch, options: DecodeOptions) -> bool:
+  """Whether `generate` runs the fused local step for this model, batch and options."""
+  decoder = decoder_for(model, options)
+  return FUSED_LOCAL in jax.eval_shape(lambda p: decoder.prepare(p, batch), params)
+
+
 def compare_modes(name, model, params, modes, num_bytes) -> dict:
-  """Teacher-forced logits of the cached decoder under each `fused_decode.MODE`, against the
-  first: the largest absolute difference and how often the argmax agrees."""
+  """Teacher-forced logits of the cached decoder under each `DecodeOptions.fused` mode,
+  against the first: the largest absolute difference and how often the argmax agrees."""
   tokens = np.random.default_rng(1).integers(0, 256, (1, num_bytes + 1)).astype(np.int32)
   logits = {}
   for mode in modes:
-    fused_decode.MODE = mode
-    logits[mode] = np.asarray(cached_logits(model, {"params": params}, tokens, 1))
+    logits[mode] = np.asarray(cached_logits(model, {"params": params}, tokens, 1,
+                                            options=DecodeOptions(fused=mode)))
   base = logits[modes[0]]
   return {"what": "fused_check", "model": name, "bytes": num_bytes, "against": modes[0],
           **{mode: {"max_abs_logit_diff": float(np.max(np.abs(l - base))),
@@ -175,17 +183,15 @@ def main(argv):
     model, cfg = models[name]
     params = random_params(model, cfg.seq_len)
     for mode in _FUSED.value:
-      fused_decode.MODE = mode
+      options = DecodeOptions(fused=mode)
       for batch in (int(b) for b in _BATCHES.value):
         record = time_cached(name, model, params, batch, _PROMPT_LEN.value, num_bytes,
-                             _REPEATS.value)
+                             _REPEATS.value, options)
         record.update(params=params_count[name], fused_mode=mode,
-                      fused=name == "megabyte" and fused_decode.use_fused(
-                          local_spec(cfg), batch, cfg.patch_size))
+                      fused=uses_fused(model, params, batch, options))
         _emit(record)
     if _CHECK_BYTES.value and len(_FUSED.value) > 1:
       _emit(compare_modes(name, model, params, _FUSED.value, _CHECK_BYTES.value))
-    fused_decode.MODE = "auto"
     if _UNCACHED_BYTES.value:
       record = time_uncached(name, model, params, _PROMPT_LEN.value, _UNCACHED_BYTES.value)
       record["params"] = params_count[name]

@@ -12,10 +12,11 @@ onto a device mesh lives in one table of rules outside the model:
 Activations are annotated with `activation_*` names the same way; without rules in scope
 (`nn.logical_axis_rules`) the annotations do nothing.
 
-Incremental decoding uses the same modules: called with a `cache` (one `KVCache` per layer,
-from `init_stack_cache`) and an `index`, the stack processes new positions only, attends to
-the cached keys and values, and returns the updated cache with its output. Without a cache
-the code path (and its numerics) is the training one. Caches carry logical axis names too
+Incremental decoding uses the same modules, told what to compute by a `Mode`: in PREFILL
+mode the stack runs a known window from position 0 with the training kernels and fills an
+empty cache (one `KVCache` per layer, from `init_stack_cache`); in DECODE mode the input
+holds new positions `index ..` only, which attend to the cached keys and values; both
+return the updated cache with the output. TRAIN mode (the default) takes no cache. Caches carry logical axis names too
 (`CACHE_AXES`: batch, cache length, heads, per-head width), so they shard like activations
 and parameters under the same rules.
 
@@ -31,7 +32,8 @@ available while the current patch is written.
 Layout (data flow, bottom up):
 
   initializers   dense and embedding initialisers
-  spec           StackSpec (one stack's shape and options), activation axis names
+  spec           StackSpec (one stack's shape and options), Mode (train / prefill / decode),
+                 activation axis names
   norms          Norm / make_norm / fold_norm
   kvcache        KVCache, CACHE_AXES, init_stack_cache
   token_shift    token_shift, previous_shift_rows
@@ -42,12 +44,12 @@ Layout (data flow, bottom up):
 """
 
 from megabyte_jax.layers.initializers import (Initializer, dense_init, embedding_init)
-from megabyte_jax.layers.spec import (ACT_SEQ, StackSpec)
+from megabyte_jax.layers.spec import (ACT_SEQ, Mode, StackSpec)
 from megabyte_jax.layers.norms import (Norm, fold_norm, make_norm)
 from megabyte_jax.layers.kvcache import (CACHE_AXES, KVCache, cross_patch_cache_len, init_stack_cache)
 from megabyte_jax.layers.token_shift import (previous_shift_rows, token_shift)
 from megabyte_jax.layers.attention import (CausalSelfAttention, ROTARY_BASE, apply_rotary, choose_attention_impl, sharded_patch_attention, short_causal_attention)
-from megabyte_jax.layers.blocks import (Block, Mlp, TransformerStack, remat_policy, stack_block_params, unstack_block_params)
+from megabyte_jax.layers.blocks import (Block, FusedStack, decoding_params, Mlp, TransformerStack, remat_policy, stack_block_params, unstack_block_params)
 from megabyte_jax.layers.byte_io import (ByteEmbed, ByteHead, CausalConvEncoder, byte_embedding, shift_right)
 
-__all__ = ['ACT_SEQ', 'Block', 'ByteEmbed', 'ByteHead', 'CACHE_AXES', 'CausalConvEncoder', 'CausalSelfAttention', 'Initializer', 'KVCache', 'Mlp', 'Norm', 'ROTARY_BASE', 'StackSpec', 'TransformerStack', 'apply_rotary', 'byte_embedding', 'choose_attention_impl', 'cross_patch_cache_len', 'dense_init', 'embedding_init', 'fold_norm', 'init_stack_cache', 'make_norm', 'previous_shift_rows', 'remat_policy', 'sharded_patch_attention', 'shift_right', 'short_causal_attention', 'stack_block_params', 'token_shift', 'unstack_block_params']
+__all__ = ['ACT_SEQ', 'Mode', 'Block', 'FusedStack', 'decoding_params', 'ByteEmbed', 'ByteHead', 'CACHE_AXES', 'CausalConvEncoder', 'CausalSelfAttention', 'Initializer', 'KVCache', 'Mlp', 'Norm', 'ROTARY_BASE', 'StackSpec', 'TransformerStack', 'apply_rotary', 'byte_embedding', 'choose_attention_impl', 'cross_patch_cache_len', 'dense_init', 'embedding_init', 'fold_norm', 'init_stack_cache', 'make_norm', 'previous_shift_rows', 'remat_policy', 'sharded_patch_attention', 'shift_right', 'short_causal_attention', 'stack_block_params', 'token_shift', 'unstack_block_params']

@@ -18,7 +18,7 @@ from megabyte_jax.layers.initializers import dense_init
 from megabyte_jax.layers.kvcache import CACHE_AXES, KVCache
 from megabyte_jax.layers.local_attention import patch_attention, patch_attention_supported
 from megabyte_jax.layers.norms import fold_norm
-from megabyte_jax.layers.spec import StackSpec
+from megabyte_jax.layers.spec import Mode, StackSpec
 
 
 def choose_attention_impl(requested: str, dtype: Any, head_dim: int, length: int,
@@ -94,25 +94,25 @@ def short_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Arra
 
 
 def _cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: KVCache,
-                      index: Any, impl: str) -> tuple[jax.Array, KVCache]:
+                      index: Any, impl: str, mode: Mode) -> tuple[jax.Array, KVCache]:
   """Attention of new positions `index .. index+n-1` to a cache that holds `0 .. index-1`.
 
   `q, k, v`: `[batch, n, heads, head_dim]` of the new positions. Writes `k, v` into the cache
   at `index` and returns `(attention output [batch, n, heads, head_dim], updated cache)`.
 
-  With `index` the Python int 0 (a prefill from an empty cache) the new positions attend
-  only to each other, exactly as in training (same causal kernel); otherwise (`index` may be
-  traced) queries attend to the whole cache under a mask that admits cached positions up to
-  their own, with XLA's attention (short queries against a cache gain nothing from cuDNN).
+  In PREFILL mode (`index` 0, an empty cache) the new positions attend only to each other,
+  exactly as in training (the same causal kernel); in DECODE mode (`index` may be traced)
+  queries attend to the whole cache under a mask that admits cached positions up to their
+  own, with XLA's attention (short queries against a cache gain nothing from cuDNN).
   """
+  if mode is Mode.PREFILL:
+    index = 0
   k_all = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, index, 0, 0))
   v_all = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, index, 0, 0))
   k_all = nn.with_logical_constraint(k_all, CACHE_AXES)
   v_all = nn.with_logical_constraint(v_all, CACHE_AXES)
-  if isinstance(index, int) and index == 0 and impl == "short":   # prefill: as in training
-    out = short_causal_attention(q, k, v)
-  elif isinstance(index, int) and index == 0:        # prefill: the training computation
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+  if mode is Mode.PREFILL:
+    out = _causal_attention(q, k, v, impl)             # the training computation
   else:
     q_pos = index + jnp.arange(q.shape[1], dtype=jnp.int32)
     k_pos = jnp.arange(cache.k.shape[1], dtype=jnp.int32)
@@ -120,6 +120,14 @@ def _cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: KVCache,
     out = jax.nn.dot_product_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype),
                                        mask=mask, implementation="xla")
   return out, KVCache(k=k_all, v=v_all)
+
+
+def _causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
+  """Plain causal attention of `[batch, length, heads, head_dim]` with implementation
+  `impl` ("short", or one of `jax.nn.dot_product_attention`'s): training's and prefill's."""
+  if impl == "short":
+    return short_causal_attention(q, k, v)
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
 
 
 ROTARY_BASE = 10000.0
@@ -227,26 +235,30 @@ class CausalSelfAttention(nn.Module):
   patches through `local_attention.patch_attention` (fused Pallas kernels, GPU) or
   `short_causal_attention` (see `choose_attention_impl`).
 
-  With `cache` (a `KVCache`) the input holds new positions `index, index+1, ...` only; the
-  call attends to them and to the cached ones and returns `(output, updated cache)`.
+  `mode` (`Mode`) says what a call computes: TRAIN, the whole input; PREFILL, the known
+  window from position 0 with the same kernels, writing its keys and values into an empty
+  `cache` (a `KVCache`); DECODE, new positions `index, index+1, ...` that attend to
+  themselves and to the cached ones. The last two return `(output, updated cache)`.
 
   With `spec.cross_patch` (cross-patch attention) the input is a whole window cut into
-  patches of `spec.patch` (see the module docstring), rotary embeddings are applied at the
-  window positions, and with a cache `index` is the window position of the first new row
-  (0 as a Python int: a prefill of the window `0 .. length-1`).
+  patches of `spec.patch` (see the `layers` docstring), rotary embeddings are applied at the
+  window positions, and in DECODE mode `index` is the window position of the first new row.
   """
 
   spec: StackSpec
 
   @nn.compact
   def __call__(self, x: jax.Array, cache: Optional[KVCache] = None,
-               index: Any = None, norm: Optional[tuple] = None) -> Any:
-    """Returns `[batch, length, dim]`, or `(that, new cache)` when `cache` is given.
+               index: Any = None, norm: Optional[tuple] = None,
+               mode: Mode = Mode.TRAIN) -> Any:
+    """Returns `[batch, length, dim]` in TRAIN mode, else `(that, new cache)`.
 
     `norm`: the `(scale, bias)` of the `Norm` that produced `x`, folded into the QKV
-    projection (`fold_norm`); None when `x` is used as is.
+    projection (`fold_norm`); None when `x` is used as is. `cache`, `index`: the layer's
+    `KVCache` and the first new position (PREFILL: 0; DECODE: possibly traced).
     """
     spec = self.spec
+    mode.check_cache(cache)
     dtype, param_dtype = resolve_dtype(spec.dtype), resolve_dtype(spec.param_dtype)
     dim, heads, head_dim = spec.dim, spec.heads, spec.head_dim
     w_qkv = self.param(
@@ -273,30 +285,28 @@ class CausalSelfAttention(nn.Module):
       qkv = qkv + shift.astype(dtype)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     impl = choose_attention_impl(spec.attention_impl, dtype, head_dim, x.shape[1], heads)
-    if impl == "pallas" and (cache is not None or spec.cross_patch):
+    if impl == "pallas" and (mode is not Mode.TRAIN or spec.cross_patch):
       impl = "short"   # the kernel covers training's plain causal attention only
     # out: [batch, length, heads, head_dim]
     if spec.cross_patch:
-      start = 0 if index is None else index
+      start = index if mode is Mode.DECODE else 0
       positions = start + jnp.arange(x.shape[1], dtype=jnp.int32)
       q, k = apply_rotary(q, positions), apply_rotary(k, positions)
-      if cache is None:
+      if mode is Mode.TRAIN:
         out = _cross_patch_attention(q, k, v, spec.patch, spec.cross_patch)
-      elif isinstance(start, int) and start == 0:
+      elif mode is Mode.PREFILL:
         out, cache = _cross_patch_prefill(q, k, v, cache, spec.patch, spec.cross_patch)
       else:
         out, cache = _cross_patch_step(q, k, v, cache, start, spec.patch, spec.cross_patch)
-    elif impl == "pallas":                              # (only without a cache: above)
+    elif mode is not Mode.TRAIN:
+      out, cache = _cached_attention(q, k, v, cache, index, impl, mode)
+    elif impl == "pallas":
       out = sharded_patch_attention(qkv)                # reads q, k, v from qkv in place
-    elif cache is None and impl == "short":
-      out = short_causal_attention(q, k, v)
-    elif cache is None:
-      out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
     else:
-      out, cache = _cached_attention(q, k, v, cache, 0 if index is None else index, impl)
+      out = _causal_attention(q, k, v, impl)
     y = jnp.einsum("bthk,hkd->btd", out, w_out.astype(dtype))
     if spec.use_bias:
       b_out = self.param("out_bias", nn.with_logical_partitioning(
           nn.initializers.zeros, ("embed",)), (dim,), param_dtype)
       y = y + b_out.astype(dtype)
-    return y if cache is None else (y, cache)
+    return y if mode is Mode.TRAIN else (y, cache)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,8 @@ from megabyte_jax.layers.attention import CausalSelfAttention
 from megabyte_jax.layers.initializers import dense_init
 from megabyte_jax.layers.kvcache import KVCache
 from megabyte_jax.layers.norms import Norm, fold_norm, make_norm
-from megabyte_jax.layers.spec import ACT_SEQ, StackSpec
+from megabyte_jax.layers import fused_decode
+from megabyte_jax.layers.spec import ACT_SEQ, Mode, StackSpec
 from megabyte_jax.layers.token_shift import previous_shift_rows, token_shift
 
 
@@ -77,35 +79,37 @@ class Block(nn.Module):
   Each norm's learned scale (and bias) is folded into the projection after it (`Norm`,
   `fold_norm`): the same function and parameters as applying it to the activations.
 
-  With `cache`, decodes incrementally (see `CausalSelfAttention`) and returns
-  `(output, updated cache)`.
+  `mode` as in `CausalSelfAttention`: in PREFILL and DECODE mode the block takes its layer's
+  `cache` and returns `(output, updated cache)`.
   """
 
   spec: StackSpec
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True,
-               cache: Optional[KVCache] = None, index: Any = None) -> Any:
-    """Returns `[batch, length, dim]`, or `(that, new cache)` when `cache` is given."""
+               cache: Optional[KVCache] = None, index: Any = None,
+               mode: Mode = Mode.TRAIN) -> Any:
+    """Returns `[batch, length, dim]` in TRAIN mode, else `(that, new cache)`."""
     spec = self.spec
+    mode.check_cache(cache)
     attn = CausalSelfAttention(spec, name="attn")
-    prev = previous_shift_rows(cache, index) if spec.token_shift else None
+    prev = previous_shift_rows(cache, index, mode) if spec.token_shift else None
     x_in = x
     shift = lambda v, row: v
     if spec.token_shift:
       shift = lambda v, row: token_shift(v, None if prev is None else prev[:, row])
     normed, affine = Norm(spec, name="attn_norm")(shift(x, 0))   # affine folded into QKV
-    if cache is None:
+    if mode is Mode.TRAIN:
       h = attn(normed, norm=affine)
     else:
-      h, kv = attn(normed, cache.replace(shift=None), index, norm=affine)
+      h, kv = attn(normed, cache.replace(shift=None), index, norm=affine, mode=mode)
     x = x + nn.Dropout(spec.dropout)(h, deterministic=deterministic)
     x_mid = x
     normed, affine = Norm(spec, name="mlp_norm")(shift(x, 1))
     h = Mlp(spec, name="mlp")(normed, norm=affine)
     x = x + nn.Dropout(spec.dropout)(h, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ACT_SEQ)
-    if cache is None:
+    if mode is Mode.TRAIN:
       return x
     rows = None
     if spec.token_shift:   # the last position's shifted halves, for the next position
@@ -129,20 +133,29 @@ def remat_policy(name: str) -> Optional[Callable[..., bool]]:
 class _ScanBody(nn.Module):
   """One block as the body of `nn.scan`: `(x, layer cache) -> (x, new layer cache)`.
 
-  `deterministic` and `prefill` (an empty cache filled from position 0) are attributes so
-  that they stay static inside the scan; a traced `index` is broadcast to every layer.
+  `deterministic` and `mode` are attributes so that they stay static inside the scan; a
+  traced `index` is broadcast to every layer.
   """
 
   spec: StackSpec
   deterministic: bool = True
-  prefill: bool = False
+  mode: Mode = Mode.TRAIN
 
   @nn.compact
   def __call__(self, x: jax.Array, cache: Optional[KVCache], index: Any = None) -> Any:
     block = Block(self.spec, name="block")
-    if cache is None:
+    if self.mode is Mode.TRAIN:
       return block(x, self.deterministic), None
-    return block(x, self.deterministic, cache=cache, index=0 if self.prefill else index)
+    return block(x, self.deterministic, cache=cache, index=index, mode=self.mode)
+
+
+@flax.struct.dataclass
+class FusedStack:
+  """A stack's weights laid out for the fused one-byte decoding kernels
+  (`fused_decode.prepare_stack`), and whether to run them in Pallas' interpreter."""
+
+  layers: Any
+  interpret: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 class TransformerStack(nn.Module):
@@ -150,10 +163,12 @@ class TransformerStack(nn.Module):
 
   Causal over the length axis: output t depends on inputs 0..t only.
 
-  Incremental decoding: with `cache` (`init_stack_cache(spec, batch, max_len)`, one
-  `KVCache` per layer) the input holds positions `index .. index+length-1` only, and the call
-  returns `(output, updated cache)`. `index=0` (a Python int) prefills an empty cache with the
-  training path's causal attention; a traced `index` continues from the cache.
+  Incremental decoding (`mode`, see `CausalSelfAttention`): with `cache`
+  (`init_stack_cache(spec, batch, max_len)`, one `KVCache` per layer), PREFILL runs the known
+  window from position 0 with the training kernels and DECODE the positions `index ..
+  index+length-1` against the cache; both return `(output, updated cache)`. In DECODE mode
+  `fused` (a `FusedStack`) runs each block's one-position step in the fused Pallas kernels
+  of `fused_decode` instead of XLA's ops: the same block, computed by other kernels.
 
   `spec.remat` rematerializes each block in training (`remat_policy`); `spec.scan_layers`
   runs the blocks with `nn.scan` over stacked parameters (`blocks/block/...`, leading axis
@@ -162,29 +177,39 @@ class TransformerStack(nn.Module):
   """
 
   spec: StackSpec
-  # Training only: return `(x_hat, (scale, bias))` of the final norm (`Norm`) instead of
-  # applying it, so the caller folds it into its output projection (`fold_norm`).
+  # Return `(x_hat, (scale, bias))` of the final norm (`Norm`) instead of applying it, so the
+  # caller folds it into its output projection (`fold_norm`).
   fold_final_norm: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True,
-               cache: Optional[Any] = None, index: Any = None) -> Any:
-    """Returns `[batch, length, dim]`, or `(that, new caches)` when `cache` is given
-    (with `fold_final_norm`, the output is `(x_hat, (scale, bias))` of the final norm)."""
+               cache: Optional[Any] = None, index: Any = None, mode: Mode = Mode.TRAIN,
+               fused: Optional[FusedStack] = None) -> Any:
+    """Returns `[batch, length, dim]` in TRAIN mode, else `(that, new caches)` (with
+    `fold_final_norm`, `(x_hat, (scale, bias))` of the final norm instead of its output)."""
     spec = self.spec
+    mode.check_cache(cache)
     x = x.astype(resolve_dtype(spec.dtype))
-    policy = remat_policy(spec.remat) if cache is None else None   # decoding keeps nothing
-    if spec.scan_layers:
+    policy = remat_policy(spec.remat) if mode is Mode.TRAIN else None  # decoding keeps nothing
+    if fused is not None:
+      if mode is not Mode.DECODE or x.shape[1] != 1:
+        raise ValueError("the fused kernels decode one position at a time (DECODE mode)")
+      h, new_cache = x[:, 0], []
+      for layer, layer_cache in zip(fused.layers, cache):
+        h, layer_cache = fused_decode.block_step(layer, spec, h, layer_cache, index,
+                                                 interpret=fused.interpret)
+        new_cache.append(layer_cache)
+      x, new_cache = h[:, None], tuple(new_cache)
+    elif spec.scan_layers:
       body = _ScanBody
       if policy is not None:
         body = nn.remat(_ScanBody, policy=policy, prevent_cse=False)
-      prefill = isinstance(index, int) and index == 0
       scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True,
                                                                     "dropout": True},
                      in_axes=(0, nn.broadcast), length=spec.layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
-      x, new_cache = scan(spec, deterministic, prefill, name="blocks")(
-          x, cache, None if prefill else index)
+      x, new_cache = scan(spec, deterministic, mode, name="blocks")(
+          x, cache, index if mode is Mode.DECODE else None)
     else:
       block_cls = Block
       if policy is not None:   # argument 2 (after self and x) is the static `deterministic`
@@ -192,16 +217,64 @@ class TransformerStack(nn.Module):
       new_cache = []
       for i in range(spec.layers):
         block = block_cls(spec, name=f"block_{i}")
-        if cache is None:
+        if mode is Mode.TRAIN:
           x = block(x, deterministic)
         else:
-          x, layer_cache = block(x, deterministic, cache=cache[i], index=index)
+          x, layer_cache = block(x, deterministic, cache=cache[i], index=index, mode=mode)
           new_cache.append(layer_cache)
       new_cache = tuple(new_cache)
-    if self.fold_final_norm and cache is None:
-      return Norm(spec, name="final_norm")(x)
-    y = make_norm(spec, "final_norm")(x)
-    return y if cache is None else (y, new_cache)
+    if self.fold_final_norm:
+      y = Norm(spec, name="final_norm")(x)
+    else:
+      y = make_norm(spec, "final_norm")(x)
+    return y if mode is Mode.TRAIN else (y, new_cache)
+
+
+def _fold_block(block: dict, spec: StackSpec) -> dict:
+  """One block's parameters (unstacked) with its two norms folded into the kernels after
+  them (`fold_norm`, as the block computes it: the kernel scaled in its own dtype, the
+  norm's bias through the kernel plus the layer's bias) and the norms left as identities;
+  the four matmul kernels cast to the compute dtype."""
+  dtype = resolve_dtype(spec.dtype)
+  block = jax.tree_util.tree_map(lambda v: v, block)   # a copy of the dicts
+  for norm_name, layer, kernel_name, bias_name in (("attn_norm", "attn", "qkv_kernel",
+                                                    "qkv_bias"),
+                                                   ("mlp_norm", "mlp", "in_kernel",
+                                                    "in_bias")):
+    norm, params = dict(block[norm_name]), dict(block[layer])
+    kernel, shift = fold_norm(params[kernel_name], (norm["scale"], norm.get("bias")))
+    params[kernel_name] = kernel
+    if shift is not None:
+      params[bias_name] = shift + params[bias_name]   # the block's order: fold, then bias
+    norm["scale"] = jnp.ones_like(norm["scale"])
+    if "bias" in norm:
+      norm["bias"] = jnp.zeros_like(norm["bias"])
+    block[norm_name], block[layer] = norm, params
+  for layer, name in (("attn", "qkv_kernel"), ("attn", "out_kernel"), ("mlp", "in_kernel"),
+                      ("mlp", "out_kernel")):
+    block[layer][name] = block[layer][name].astype(dtype)
+  return block
+
+
+def decoding_params(stack_params: Any, spec: StackSpec) -> Any:
+  """A stack's parameters as decoding reads them: every block's norms folded into the
+  kernels after them and its matmul kernels cast to the compute dtype, once, before a
+  decoding loop that runs the stack once per byte.
+
+  The stack computes the same numbers from them as from `stack_params` (`Block` folds each
+  norm and casts each kernel at every call, rounding once, exactly as done here; applying an
+  identity norm afterwards and casting a kernel already in the compute dtype change
+  nothing), but a step then reads half-width kernels instead of folding and converting
+  float32 master weights, three times the weight traffic of the matmuls themselves.
+  """
+  stack_params = dict(stack_params)
+  if "blocks" in stack_params:   # scan_layers: stacked blocks, a leading layer axis
+    blocks = stack_params["blocks"]["block"]
+    stack_params["blocks"] = {"block": jax.vmap(lambda b: _fold_block(b, spec))(blocks)}
+    return stack_params
+  for i in range(spec.layers):
+    stack_params[f"block_{i}"] = _fold_block(stack_params[f"block_{i}"], spec)
+  return stack_params
 
 
 def stack_block_params(stack_params: Any, layers: int) -> Any:

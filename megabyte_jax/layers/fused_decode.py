@@ -40,16 +40,15 @@ from jax.experimental.pallas import triton as pl_triton
 
 from megabyte_jax.config import resolve_dtype
 from megabyte_jax.layers.kvcache import KVCache
-from megabyte_jax.layers.spec import StackSpec
+from megabyte_jax.layers.spec import Mode, StackSpec
 from megabyte_jax.layers.token_shift import previous_shift_rows, token_shift
 
-__all__ = ["MAX_BATCH", "MODE", "block_step", "prepare_stack", "stack_step", "supported",
-           "use_fused"]
+__all__ = ["FUSED_MODES", "MAX_BATCH", "block_step", "prepare_stack", "supported", "use_fused"]
 
-# When decoders use the fused step: "auto" on GPU wherever `supported`, "off" never,
-# "interpret" wherever `supported`, in Pallas' interpreter (for tests on CPU). Read when a
-# decoding function is traced; `generation` keys its compiled functions by it.
-MODE = "auto"
+# When decoders use the fused step (`inference.DecodeOptions.fused`): "auto" on GPU wherever
+# `supported`, "off" never, "interpret" wherever `supported`, in Pallas' interpreter (for
+# tests on CPU).
+FUSED_MODES = ("auto", "off", "interpret")
 
 # Largest batch the fused path serves: each program handles one row, so the weights are read
 # once per row; beyond a few rows XLA's batched matmuls are faster.
@@ -63,7 +62,8 @@ def _pow2(n: int) -> bool:
 
 
 def supported(spec: StackSpec, batch: int, cache_len: int) -> bool:
-  """Whether `stack_step` can run `spec`'s stack at `batch` rows over a `cache_len` cache.
+  """Whether the fused kernels can run `spec`'s stack (`TransformerStack` with a `FusedStack`)
+  at `batch` rows over a `cache_len` cache.
 
   Needs a plain, unscanned stack (per-layer parameters, no cross-patch attention),
   power-of-two sizes (Triton blocks: width, heads, head width, MLP width and cache length)
@@ -77,12 +77,13 @@ def supported(spec: StackSpec, batch: int, cache_len: int) -> bool:
           and spec.activation in ("gelu", "relu", "swiglu"))
 
 
-def use_fused(spec: StackSpec, batch: int, cache_len: int) -> bool:
-  """Whether a decoder should use the fused step for this stack, by `MODE` and `supported`."""
-  if MODE == "off" or (MODE == "auto" and jax.default_backend() != "gpu"):
+def use_fused(spec: StackSpec, batch: int, cache_len: int, mode: str = "auto") -> bool:
+  """Whether a decoder should use the fused step for this stack, by `mode` (one of
+  `FUSED_MODES`) and `supported`."""
+  if mode not in FUSED_MODES:
+    raise ValueError(f"fused must be one of {FUSED_MODES}, got {mode!r}")
+  if mode == "off" or (mode == "auto" and jax.default_backend() != "gpu"):
     return False
-  if MODE not in ("auto", "interpret"):
-    raise ValueError(f"fused_decode.MODE must be 'auto', 'off' or 'interpret', got {MODE!r}")
   return supported(spec, batch, cache_len)
 
 
@@ -110,7 +111,7 @@ def _bias_row(params: dict, name: str, n: int) -> jax.Array:
 
 
 def prepare_stack(stack_params: Any, spec: StackSpec) -> dict:
-  """Lays out a stack's parameters for `stack_step` (once, before the decoding loop).
+  """Lays out a stack's parameters for the fused kernels (once, before the decoding loop).
 
   Args:
     stack_params: the `TransformerStack` parameters (`block_0 .. block_{L-1}`,
@@ -118,7 +119,8 @@ def prepare_stack(stack_params: Any, spec: StackSpec) -> dict:
     spec: the stack's `StackSpec`.
 
   Returns:
-    `{"layers": [per-layer dict of transposed weights and float32 rows], "final_norm": ...}`.
+    `[per-layer dict of transposed weights and float32 rows]`, the `layers` of a
+    `blocks.FusedStack`.
   """
   dtype = resolve_dtype(spec.dtype)
   dim, hk, mlp = spec.dim, spec.heads * spec.head_dim, spec.mlp_dim
@@ -139,7 +141,7 @@ def prepare_stack(stack_params: Any, spec: StackSpec) -> dict:
         "wmlp": mlp_p["out_kernel"].astype(dtype).T,                           # [dim, mlp]
         "bmlp": _bias_row(mlp_p, "out_bias", dim),
     })
-  return {"layers": layers, "final_norm": stack_params["final_norm"]}
+  return layers
 
 
 def _normalize(x: jax.Array, scale: jax.Array, bias: jax.Array, rms: bool,
@@ -315,7 +317,7 @@ def block_step(layer: dict, spec: StackSpec, x: jax.Array, cache: KVCache, index
   keep = spec.dim - spec.dim // 2
   shift = lambda v, row: v
   if spec.token_shift:   # `layers.token_shift` of one position, the rest from the cache
-    prev = previous_shift_rows(cache, index)
+    prev = previous_shift_rows(cache, index, Mode.DECODE)
     shift = lambda v, row: token_shift(v[:, None], None if prev is None else prev[:, row])[:, 0]
   x_in = x
   qkv = _norm_matvec(shift(x, 0), layer["attn_norm"], layer["wqkv"], layer["bqkv"],
@@ -336,32 +338,3 @@ def block_step(layer: dict, spec: StackSpec, x: jax.Array, cache: KVCache, index
                    activation=spec.activation, n_out=spec.mlp_dim, interpret=interpret)
   x = _matvec_residual(x, h, layer["wmlp"], layer["bmlp"], spec=spec, interpret=interpret)
   return x, cache
-
-
-def stack_step(prepared: dict, spec: StackSpec, final_norm: Any, x: jax.Array, caches: Any,
-               index: Any, *, interpret: Optional[bool] = None) -> tuple[jax.Array, tuple]:
-  """A `TransformerStack` for one new position, with the fused kernels.
-
-  Args:
-    prepared: `prepare_stack(stack_params, spec)`.
-    spec: the stack's `StackSpec` (`supported(spec, batch, cache length)` must hold).
-    final_norm: the stack's final norm module (`make_norm(spec)`), applied with XLA.
-    x: `[batch, dim]`, the new position's input.
-    caches: one `KVCache` per layer.
-    index: the new position (traced int32 scalar).
-    interpret: run the kernels in Pallas' interpreter (default: when `MODE` is "interpret").
-
-  Returns:
-    `(output [batch, dim] after the final norm, updated caches)`, as
-    `TransformerStack.apply(..., x[:, None], cache=caches, index=index)` gives (without the
-    length axis).
-  """
-  if interpret is None:
-    interpret = MODE == "interpret"
-  x = x.astype(resolve_dtype(spec.dtype))
-  new_caches = []
-  for layer, cache in zip(prepared["layers"], caches):
-    x, cache = block_step(layer, spec, x, cache, index, interpret=interpret)
-    new_caches.append(cache)
-  y = final_norm.apply({"params": prepared["final_norm"]}, x)
-  return y, tuple(new_caches)

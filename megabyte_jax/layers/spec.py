@@ -1,15 +1,36 @@
-"""`StackSpec`: everything one transformer stack needs, and the logical names of activation
-axes."""
+"""`StackSpec`: everything one transformer stack needs; `Mode`: what a call computes (train,
+prefill or decode); the logical names of activation axes."""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from typing import Optional
 
 # Logical names of activation axes, used with `nn.with_logical_constraint`.
 ACT_SEQ = ("activation_batch", "activation_length", "activation_embed")
-# Logical names of a KV cache's axes `[batch, max_len, heads, head_dim]`: batch like
+
+
+class Mode(enum.Enum):
+  """What a call of a stack (and of its blocks and attention) computes.
+
+  TRAIN    the whole input at once, no cache (training, scoring, the uncached sampler);
+  PREFILL  the whole known window from position 0, filling an empty cache as it goes (the
+           same kernels and numerics as TRAIN);
+  DECODE   new positions `index ..` against a cache that holds the positions before them
+           (`index` may be traced).
+  """
+
+  TRAIN = "train"
+  PREFILL = "prefill"
+  DECODE = "decode"
+
+  def check_cache(self, cache) -> None:
+    """Raises ValueError when a cache is given in TRAIN mode or missing in the others."""
+    if (cache is None) != (self is Mode.TRAIN):
+      raise ValueError(f"mode {self.value} needs " + ("no cache" if self is Mode.TRAIN
+                                                      else "a cache"))
 
 
 @dataclasses.dataclass(frozen=True)

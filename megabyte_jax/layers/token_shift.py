@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from megabyte_jax.layers.kvcache import KVCache
+from megabyte_jax.layers.spec import Mode
 
 
 def token_shift(x: jax.Array, prev: Optional[jax.Array] = None) -> jax.Array:
@@ -24,10 +25,12 @@ def token_shift(x: jax.Array, prev: Optional[jax.Array] = None) -> jax.Array:
   return jnp.concatenate([x[..., :keep], moved], axis=-1)
 
 
-def previous_shift_rows(cache: Optional[KVCache], index: Any) -> Optional[jax.Array]:
-  """The token-shift rows `[batch, 2, dim // 2]` that the first new position of a cached
-  call takes from the position before it: None (zeros) in training and at position 0 (a
-  prefill, or a cache restarted at 0, as the local model's is at every patch)."""
-  if cache is None or index is None or (isinstance(index, int) and index == 0):
+def previous_shift_rows(cache: Optional[KVCache], index: Any, mode: Mode
+                        ) -> Optional[jax.Array]:
+  """The token-shift rows `[batch, 2, dim // 2]` that the first new position of a call
+  takes from the position before it: None (zeros) in TRAIN and PREFILL mode (both start at
+  position 0); in DECODE mode the cache's rows, or zeros at `index` 0 (a cache restarted
+  at 0, as the local model's is at every patch)."""
+  if mode is not Mode.DECODE:
     return None
   return jnp.where(jnp.asarray(index) == 0, jnp.zeros_like(cache.shift), cache.shift)
