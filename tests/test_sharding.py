@@ -20,7 +20,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from conftest import REPO
-from megabyte_jax import ByteTransformer, ConfigError, Megabyte
+from megabyte_jax import ByteTransformer, ConfigError, Megabyte, TransformerConfig
 from megabyte_jax import sharding
 from megabyte_jax.training import train_state as state_lib
 from megabyte_jax.training.checkpoint import Checkpointer
@@ -163,6 +163,23 @@ def test_a_tensor_axis_that_does_not_divide_the_heads_is_refused(megabyte_cfg):
                                         r"tensor axis \(4\)"):
     sharding.check_model_fits_mesh(megabyte_cfg, _mesh((2, 1, 4)))
   sharding.check_model_fits_mesh(megabyte_cfg, _mesh((4, 1, 2)))   # 2 heads on 2: fine
+
+
+@needs_8
+def test_the_mesh_check_covers_every_level_and_the_swiglu_width(megabyte_cfg):
+  """Middle levels are checked too, and SwiGLU's MLP width (`StackSpec.mlp_dim`, not
+  `mlp_ratio * dim`)."""
+  deep = megabyte_cfg.replace(global_heads=4, local_heads=4, patch_sizes=(2, 2), mid_dims=(32,),
+                              mid_layers=(1,), mid_heads=(1,))
+  with pytest.raises(ConfigError, match=r"mid_heads\[0\]=1 is not divisible"):
+    sharding.check_model_fits_mesh(deep, _mesh((4, 1, 2)))
+  sharding.check_model_fits_mesh(deep.replace(mid_heads=(2,)), _mesh((4, 1, 2)))
+  # mlp_ratio * dim = 36 is not divisible by 8, but SwiGLU's hidden width 8 * ceil(2/3 * 36
+  # / 8) = 24 is: the old check (mlp_ratio * dim) refused a model that fits.
+  gelu = TransformerConfig(seq_len=32, dim=12, layers=1, heads=8, head_dim=8, mlp_ratio=3)
+  with pytest.raises(ConfigError, match=r"MLP width of the model, 36, is not divisible"):
+    sharding.check_model_fits_mesh(gelu, _mesh((1, 1, 8)))
+  sharding.check_model_fits_mesh(gelu.replace(activation="swiglu"), _mesh((1, 1, 8)))
 
 
 def test_indivisible_dimensions_stay_whole():
