@@ -104,7 +104,7 @@ def train_config(name: str, variant: str = "h100", budget: Optional[float] = Non
   instead)."""
   from megabyte_jax.flops import model_cost  # pylint: disable=g-import-not-at-top
   from megabyte_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  driver = _experiments_module("study.py")
+  driver = _experiments_module("study", "spec.py")
   study = get_study(variant)
   if budget is None:
     budget = study["budgets"][0]
