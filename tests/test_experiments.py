@@ -555,28 +555,67 @@ def test_select_models_filters_and_relabels():
 
 def test_shipped_studies_load_and_match_flops():
   for variant in ("", ":cpu"):
-    study = spec_lib.load_study(os.path.join(REPO, "experiments", "studies",
-                                             "code_equal_compute.py" + variant))
+    study = spec_lib.load_study("code_equal_compute" + variant)
     costs = spec_lib.model_costs(study)
     per_byte = [c.train_flops_per_byte for c in costs.values()]
     assert max(per_byte) / min(per_byte) < 1.35     # about the same cost per byte
     assert {m.get("patch_size") for m in study["models"]} >= {4, 8, 16}
   for variant in ("", ":cpu"):
-    study = spec_lib.load_study(os.path.join(REPO, "experiments", "studies",
-                                             "mnist_scan.py" + variant))
+    study = spec_lib.load_study("mnist_scan" + variant)
     assert {m.get("order") for m in study["models"]} >= {"raster", "patch"}
     assert study["seq_len"] == study["corpus"]["canvas"] ** 2
-  with pytest.raises(spec_lib.StudyError, match="no study file"):
-    spec_lib.load_study("nope.py")
+  assert spec_lib.study_names() == ["code_equal_compute", "mnist_scan"]
+
+
+def test_studies_are_named_by_module_or_by_path():
+  module = "experiments.studies.code_equal_compute"
+  path = os.path.join(REPO, "experiments", "studies", "code_equal_compute.py")
+  assert spec_lib.study_module_name("code_equal_compute") == module
+  assert spec_lib.study_module_name(module) == module
+  assert spec_lib.study_module_name(path) == module
+  assert spec_lib.study_module_name(os.path.relpath(path)) == module
+  ablation = os.path.join(REPO, "experiments", "configs", "ablation", "study.py")
+  assert spec_lib.study_module_name(ablation) == "experiments.configs.ablation.study"
+  by_name = spec_lib.load_study("code_equal_compute:cpu")
+  assert by_name["source"] == module + ":cpu"
+  assert spec_lib.load_study(path + ":cpu") == by_name == spec_lib.load_study(module + ":cpu")
+  assert spec_lib.load_study("experiments.configs.ablation.study:cpu")["name"] \
+      == "variants_ablation_cpu"
+  assert spec_lib.load_study(ablation + ":cpu")["source"] \
+      == "experiments.configs.ablation.study:cpu"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("nope.py", "no study file 'nope.py'"),
+    ("nope", "no study module 'experiments.studies.nope'; the studies of experiments/studies/ "
+             "are code_equal_compute, mnist_scan"),
+    ("experiments.nope", "no study module 'experiments.nope'"),
+    ("experiments.corpus", "experiments.corpus defines no get_study"),
+    ("a-b", "a study is a module name or a .py file, got 'a-b'"),
+])
+def test_unknown_studies_are_one_line_errors(name, message):
+  with pytest.raises(spec_lib.StudyError) as error:
+    spec_lib.load_study(name)
+  assert str(error.value).startswith(message)
+
+
+def test_a_study_file_outside_the_python_path_is_refused(tmp_path):
+  path = tmp_path / "my_study.py"
+  path.write_text("def get_study(variant=''):\n  return {}\n")
+  with pytest.raises(spec_lib.StudyError, match="outside the repository and the Python path"):
+    spec_lib.load_study(str(path))
 
 
 def test_study_cli_dry_run_and_errors():
-  proc = run_module("experiments.study", "--study=experiments/studies/code_equal_compute.py",
-                    "--results=/tmp/unused", "--dry_run", "--budgets=1e15,auto")
+  proc = run_module("experiments.study", "--study=code_equal_compute", "--results=/tmp/unused",
+                    "--dry_run", "--budgets=1e15,auto")
   assert "megabyte-p16" in proc.stdout and "budget auto" in proc.stdout
   proc = run_module("experiments.study", "--study=experiments/studies/code_equal_compute.py",
                     "--results=/tmp/unused", "--dry_run", "--models=nope", check=False)
   assert proc.returncode != 0 and "unknown model" in proc.stderr
-  proc = run_module("experiments.study", "--study=experiments/studies/code_equal_compute.py:cpu",
+  proc = run_module("experiments.study", "--study=experiments.studies.code_equal_compute:cpu",
                     "--results=/tmp/unused", "--budgets=1e9,auto", check=False)
   assert proc.returncode != 0 and "needs a time limit" in proc.stderr
+  proc = run_module("experiments.study", "--study=nope", "--results=/tmp/unused", check=False)
+  assert proc.returncode != 0 and proc.stderr.strip().startswith(
+      "error: no study module 'experiments.studies.nope'")

@@ -1,13 +1,16 @@
 """Equal-compute studies: several models trained on the same bytes with matched training FLOPs.
 
-    python -m experiments.study --study=experiments/studies/code_equal_compute.py \\
+    python -m experiments.study --study=code_equal_compute \\
         --results=experiments/results/code_equal_compute
-    python -m experiments.study --study=experiments/studies/mnist_scan.py:cpu --results=DIR
+    python -m experiments.study --study=mnist_scan:cpu --results=DIR
     python -m experiments.study --study=... --results=DIR --dry_run     # the plan only
 
-A study file (`experiments/studies/*.py`) defines `get_study(variant)`, a dict: the corpus,
+A study module (`experiments/studies/*.py`) defines `get_study(variant)`, a dict: the corpus,
 the context length and batch shared by every model, the optimiser settings, the compute
-budgets (training FLOPs) and the models. For every budget and model the driver sets
+budgets (training FLOPs) and the models. `--study` names it by module: `NAME` for
+`experiments.studies.NAME`, a dotted module name (`experiments.configs.ablation.study`), or
+the path of its file in the repository (`experiments/studies/NAME.py`), each optionally with
+`:variant`. For every budget and model the driver sets
 
     steps = round(budget / (train FLOPs per byte * batch_size * seq_len))
 
@@ -40,7 +43,7 @@ Modules (each imports only those above it):
     records     the result records on disk (runs/*.json, results.json, results.csv, table.md);
                 imports nothing else from `experiments`, so `experiments.plot_results` and
                 `experiments.images` use it without the driver
-    spec        loading and checking a study; budgets, model configs, costs
+    spec        finding, loading and checking a study; budgets, model configs, costs
     runner      corpora, trainings, "auto" budgets, the run loop
     __main__    the command line
 

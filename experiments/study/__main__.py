@@ -24,7 +24,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(
       prog="python -m experiments.study",
       description="Equal-compute study: models trained with matched FLOPs on the same bytes.")
-  parser.add_argument("--study", required=True, help="experiments/studies/NAME.py[:variant]")
+  parser.add_argument("--study", required=True,
+                      help="NAME (experiments/studies/NAME.py), a module (a.b.c) or a study "
+                      "file's path, optionally followed by :variant")
   parser.add_argument("--results", required=True, help="results directory")
   parser.add_argument("--work_root", default="/tmp/megabyte_study/runs",
                       help="run directories (checkpoints, metrics)")

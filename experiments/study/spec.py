@@ -1,41 +1,113 @@
-"""Study specs: loading and checking a study, its budgets, its models' configs and costs.
+"""Study specs: finding and checking a study, its budgets, its models' configs and costs.
 
-A study file defines `get_study(variant)`, a dict (`check_study` lists the keys it needs).
+A study is a module that defines `get_study(variant)`, a dict (`check_study` lists the keys it
+needs). On the command line it is named by module (`study_module_name`):
+
+    code_equal_compute                      experiments.studies.code_equal_compute
+    experiments.configs.ablation.study      any importable module
+    experiments/studies/mnist_scan.py       a file of the repository (or under a directory of
+                                            the Python path): its module
+
+each optionally followed by `:variant` (`code_equal_compute:cpu`).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
+import sys
 from typing import Any, Sequence
 
 from experiments.study.records import budget_tag
-from megabyte_jax.experiment import base_config, load_module_file
+from megabyte_jax.experiment import base_config
 from megabyte_jax.flops import model_cost
 from megabyte_jax.models import build_model
 
 AUTO = "auto"
 DEFAULT_AUTO_MULTIPLES = (16, 12, 10, 8, 6, 5, 4, 3, 2)
+STUDIES_PACKAGE = "experiments.studies"
+"""Where a study named without a dot lives."""
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
 class StudyError(ValueError):
-  """A study file or a command-line option cannot be used."""
+  """A study or a command-line option cannot be used."""
+
+
+def study_names() -> list[str]:
+  """The studies of `experiments/studies/`, by the names `--study` takes."""
+  package = importlib.import_module(STUDIES_PACKAGE)
+  return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.ispkg)
+
+
+def _module_of_file(path: str) -> str:
+  """The module name of the Python file `path`: relative to the repository root, else to
+  the first directory of `sys.path` that holds it."""
+  if not os.path.isfile(path):
+    raise StudyError(f"no study file {path!r}")
+  real = os.path.realpath(path)
+  for root in [REPO_ROOT] + [os.path.realpath(p or os.curdir) for p in sys.path]:
+    try:
+      relative = os.path.relpath(real, root)
+    except ValueError:       # another drive
+      continue
+    parts = os.path.splitext(relative)[0].split(os.sep)
+    if relative.endswith(".py") and all(part.isidentifier() for part in parts):
+      return ".".join(parts)
+  raise StudyError(f"study file {path!r} is outside the repository and the Python path; put "
+                   f"it in experiments/studies/ or name it as a module (--study=MODULE)")
+
+
+def study_module_name(name: str) -> str:
+  """The module of a study named on the command line (without its `:variant`): a name
+  without dots is a module of `experiments/studies/`, a dotted name is itself, and a path
+  (`experiments/studies/NAME.py`) is the module of that file.
+
+  Raises:
+    StudyError: a path that is no file, or one outside the repository and the Python path.
+  """
+  if name.endswith(".py") or "/" in name or os.sep in name:
+    return _module_of_file(name)
+  if not name or not all(part.isidentifier() for part in name.split(".")):
+    raise StudyError(f"a study is a module name or a .py file, got {name!r}")
+  return name if "." in name else f"{STUDIES_PACKAGE}.{name}"
+
+
+def import_study(module_name: str) -> Any:
+  """Imports the study module `module_name`.
+
+  Raises:
+    StudyError: no such module (naming the studies of experiments/studies/), or a module
+      without `get_study`.
+  """
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    if not e.name or not (module_name == e.name or module_name.startswith(e.name + ".")):
+      raise              # the study exists; something it imports does not
+    raise StudyError(f"no study module {module_name!r}; the studies of experiments/studies/ "
+                     f"are {', '.join(study_names())}") from None
+  if not hasattr(module, "get_study"):
+    raise StudyError(f"{module_name} defines no get_study(variant)")
+  return module
 
 
 def load_study(spec: str) -> dict:
-  """Loads `path.py[:variant]` and returns its `get_study(variant)` dict (checked).
+  """Imports the study `NAME[:variant]` (see `study_module_name`) and returns its
+  `get_study(variant)` dict, checked, with `source` (its module and variant) added.
 
   Raises:
-    StudyError: a missing file, no `get_study`, or a study without the required keys.
+    StudyError: an unknown study, no `get_study`, or a study without the required keys.
   """
-  path, _, variant = spec.partition(":")
-  if not os.path.isfile(path):
-    raise StudyError(f"no study file {path!r}")
-  module = load_module_file(path)
-  if not hasattr(module, "get_study"):
-    raise StudyError(f"{path} defines no get_study(variant)")
+  name, _, variant = spec.partition(":")
+  module_name = study_module_name(name)
+  module = import_study(module_name)
+  if name.endswith(".py") and os.path.realpath(module.__file__) != os.path.realpath(name):
+    raise StudyError(f"module {module_name} is {module.__file__}, not {name!r}")
   study = module.get_study(variant) if variant else module.get_study()
   check_study(study)
-  study.setdefault("source", spec)
+  study.setdefault("source", module_name + (f":{variant}" if variant else ""))
   return study
 
 
