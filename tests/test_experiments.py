@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sysconfig
+import types
 import zipfile
 
 import jax
@@ -392,6 +393,46 @@ def test_training_time_from_metric_windows():
   assert runner.training_time([], 1, 1, None) == (None, None)
 
 
+def test_run_timings_read_the_result_record_else_the_metrics():
+  metrics = [{"step": 10, "train_bpb": 3.0, "bytes_per_s": 900.0}]   # 9 timed steps
+  # A record without timings (train_and_evaluate before it returned them): the metrics.
+  timings = runner.run_timings({"metrics": metrics, "wall_s": 20.0}, 10, 10)
+  assert timings == {"compile_s": None, "train_s": pytest.approx(1.0),
+                     "bytes_per_s": pytest.approx(900.0), "final_eval_s": None,
+                     "wall_s": 20.0}
+  # A compile time in the record counts into the training time from the metrics.
+  assert runner.run_timings({"metrics": metrics, "compile_s": 4.0}, 10, 10)["train_s"] \
+      == pytest.approx(5.0)
+  # A record with every timing: read as it is.
+  given = {"compile_s": 4.0, "train_s": 7.5, "bytes_per_s": 1234.5, "final_eval_s": 2.0,
+           "wall_s": 15.0}
+  assert runner.run_timings(dict(given, metrics=metrics), 10, 10) == given
+  assert runner.run_timings({"metrics": []}, 10, 10) == dict.fromkeys(given)
+
+
+def test_run_training_reads_a_read_only_result_record(tmp_path, monkeypatch):
+  # train_and_evaluate returns a read-only mapping; its timings, when it has them, are kept.
+  calls, timings = [], [{}, {"wall_s": 123.0, "compile_s": 1.5}]
+
+  def fake_train(config, workdir, progress=False):
+    calls.append((config, workdir, progress))
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+      f.write(json.dumps({"step": 2, "train_bpb": 7.0}) + "\n")
+    return types.MappingProxyType(dict(timings[len(calls) - 1], step=2, eval_bpb=7.5))
+
+  monkeypatch.setattr(runner, "train_and_evaluate", fake_train)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "stale").write_text("x")             # a run starts from scratch
+  outcome = runner.run_training("CONFIG", str(workdir))
+  assert calls == [("CONFIG", str(workdir), False)] and not (workdir / "stale").exists()
+  assert outcome["eval_bpb"] == 7.5 and outcome["metrics"] == [{"step": 2, "train_bpb": 7.0}]
+  assert outcome["wall_s"] > 0 and "compile_s" not in outcome   # wall_s measured here
+  outcome = runner.run_training("CONFIG", str(workdir))
+  assert (outcome["wall_s"], outcome["compile_s"]) == (123.0, 1.5)
+
+
 def test_estimates_and_auto_budget():
   study = _tiny_study("x")
   costs = spec_lib.model_costs(study)
@@ -437,7 +478,9 @@ def test_code_study_end_to_end(packages_root, tmp_path):
     per_step = costs[r["model"]].train_flops_per_byte * 4 * 32
     assert abs(r["train_flops"] - r["budget_flops"]) <= per_step / 2 + 1   # matched FLOPs
     assert 0 < r["eval_bpb"] < 9 and r["bytes_per_s"] > 0 and r["wall_s"] > r["train_s"] > 0
-    assert r["compile_s"] > 0 and r["eval_bytes"] > 0 and r["curve"][-1]["final"]
+    assert r["eval_bytes"] > 0 and r["curve"][-1]["final"]
+    for key in ("compile_s", "final_eval_s"):    # where train_and_evaluate's record has them
+      assert r[key] is None or 0 < r[key] < r["wall_s"]
   # The same bytes: every run reads the same corpus and scores the same held-out split.
   assert len({r["eval_bytes"] for r in records}) == 1
   saved = json.load(open(os.path.join(results, "results.json")))

@@ -1,20 +1,18 @@
 """Running a study: its corpora, one training per (budget, model), "auto" budgets, the records.
 
 Each run is a plain `megabyte_jax.train.train_and_evaluate` run (its own learning-rate
-schedule over its own steps) followed by a full evaluation of every held-out byte.
+schedule over its own steps) followed by a full evaluation of every held-out byte; its record
+(`run_record`) is read from what `train_and_evaluate` returns (the final metrics and, where it
+gives them, its timings) and from the run's `metrics.jsonl`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import io
 import os
-import re
 import shutil
-import sys
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 
@@ -67,24 +65,6 @@ def prepare_corpora(study: dict, corpus_root: str) -> dict[str, dict]:
 # -------------------------------------------------------------------------------- timing
 
 
-class _Tee(io.TextIOBase):
-  """Writes to a stream and keeps a copy."""
-
-  def __init__(self, stream):
-    self._stream, self.lines = stream, io.StringIO()
-
-  def write(self, text):
-    self.lines.write(text)
-    return self._stream.write(text)
-
-  def flush(self):
-    self._stream.flush()
-
-
-_COMPILE_RE = re.compile(r"first step \(compilation included\): ([0-9.]+) s")
-_FINAL_EVAL_RE = re.compile(r"final eval: .* \(step \d+, ([0-9.]+) s\)")
-
-
 def training_time(metrics: Sequence[dict], batch_size: int, seq_len: int,
                   compile_s: Optional[float]) -> tuple[Optional[float], Optional[float]]:
   """`(bytes/s, training seconds)` from the `metrics.jsonl` records of one run.
@@ -92,7 +72,7 @@ def training_time(metrics: Sequence[dict], batch_size: int, seq_len: int,
   Each logged window's `bytes_per_s` covers the steps since the previous log (the first
   window without its first step, which compiles; the study logs at multiples that
   evaluations and checkpoints also fall on, so no pause is inside a window). Training time is
-  the compile step plus the sum of the windows' times.
+  the compile step (when known) plus the sum of the windows' times.
   """
   prev, timed_bytes, timed_seconds = 0, 0.0, 0.0
   for record in metrics:
@@ -111,6 +91,26 @@ def training_time(metrics: Sequence[dict], batch_size: int, seq_len: int,
   return timed_bytes / timed_seconds, (compile_s or 0.0) + timed_seconds
 
 
+def run_timings(outcome: Mapping[str, Any], batch_size: int, seq_len: int) -> dict:
+  """`compile_s`, `train_s`, `bytes_per_s`, `final_eval_s` and `wall_s` of one run (None
+  where unknown).
+
+  Read from `train_and_evaluate`'s result record (`run_training`'s `outcome`) where it has
+  them; `train_s` and `bytes_per_s` that it lacks come from the run's metric windows
+  (`training_time` over `outcome["metrics"]`).
+  """
+  timings = {key: outcome.get(key) for key in
+             ("compile_s", "train_s", "bytes_per_s", "final_eval_s", "wall_s")}
+  if timings["train_s"] is None or timings["bytes_per_s"] is None:
+    bytes_per_s, train_s = training_time(outcome.get("metrics", ()), batch_size, seq_len,
+                                         timings["compile_s"])
+    if timings["bytes_per_s"] is None:
+      timings["bytes_per_s"] = bytes_per_s
+    if timings["train_s"] is None:
+      timings["train_s"] = train_s
+  return {key: None if value is None else float(value) for key, value in timings.items()}
+
+
 def device_description() -> str:
   """`"<device kind> x<count> (<backend>), jax <version>"`."""
   devices = jax.devices()
@@ -122,22 +122,18 @@ def device_description() -> str:
 
 
 def run_training(config, workdir: str) -> dict:
-  """Runs `train_and_evaluate(config, workdir)` from scratch; returns what it returned plus
-  `wall_s`, `compile_s`, `final_eval_s` and the run's metric records."""
+  """Runs `train_and_evaluate(config, workdir)` from scratch; returns its result record (a
+  mapping) as a dict plus `metrics`, the run's metric records, and `wall_s`, the seconds the
+  call took, where the record has none."""
   if os.path.exists(workdir):
     shutil.rmtree(workdir)
-  tee = _Tee(sys.stdout)
   start = time.perf_counter()
-  with contextlib.redirect_stdout(tee):
-    final = train_and_evaluate(config, workdir, progress=False)
-  wall = time.perf_counter() - start
-  text = tee.lines.getvalue()
-  compile_match = _COMPILE_RE.search(text)
-  eval_match = _FINAL_EVAL_RE.search(text)
-  return dict(final, wall_s=wall,
-              compile_s=float(compile_match.group(1)) if compile_match else None,
-              final_eval_s=float(eval_match.group(1)) if eval_match else None,
-              metrics=read_metrics(workdir))
+  result = train_and_evaluate(config, workdir, progress=False)
+  wall_s = time.perf_counter() - start
+  outcome = dict(result, metrics=read_metrics(workdir))
+  if outcome.get("wall_s") is None:
+    outcome["wall_s"] = wall_s
+  return outcome
 
 
 def run_record(study: dict, model: dict, budget: float, steps: int, cost, outcome: dict,
@@ -145,8 +141,7 @@ def run_record(study: dict, model: dict, budget: float, steps: int, cost, outcom
   """The result record of one finished run (a row of results.csv plus details)."""
   batch, seq_len = int(study["batch_size"]), int(study["seq_len"])
   bytes_trained = steps * batch * seq_len
-  bytes_per_s, train_s = training_time(outcome["metrics"], batch, seq_len,
-                                       outcome.get("compile_s"))
+  timings = run_timings(outcome, batch, seq_len)
   train_bytes = corpus_info["manifest"]["train"]["bytes"]
   curve = []
   for record in outcome["metrics"]:
@@ -154,6 +149,9 @@ def run_record(study: dict, model: dict, budget: float, steps: int, cost, outcom
       curve.append({"step": record["step"], "eval_bpb": record["eval_bpb"],
                     "train_flops": record["step"] * batch * seq_len *
                     cost.train_flops_per_byte, "final": bool(record.get("final"))})
+
+  def rounded(key, digits):
+    return None if timings[key] is None else round(timings[key], digits)
 
   return {
       "study": study["name"], "run": run_id(model["name"], budget), "model": model["name"],
@@ -167,11 +165,9 @@ def run_record(study: dict, model: dict, budget: float, steps: int, cost, outcom
       "train_flops_per_byte": cost.train_flops_per_byte,
       "attention_share": cost.attention_flops_per_byte / cost.forward_flops_per_byte,
       "eval_bpb": outcome.get("eval_bpb"), "eval_bytes": outcome.get("eval_bytes"),
-      "train_bpb": outcome.get("train_bpb"), "wall_s": round(outcome["wall_s"], 2),
-      "compile_s": outcome.get("compile_s"),
-      "train_s": None if train_s is None else round(train_s, 2),
-      "bytes_per_s": None if bytes_per_s is None else round(bytes_per_s, 1),
-      "final_eval_s": outcome.get("final_eval_s"),
+      "train_bpb": outcome.get("train_bpb"), "wall_s": rounded("wall_s", 2),
+      "compile_s": rounded("compile_s", 2), "train_s": rounded("train_s", 2),
+      "bytes_per_s": rounded("bytes_per_s", 1), "final_eval_s": rounded("final_eval_s", 2),
       "skipped_steps": outcome.get("skipped_steps", 0), "device": device,
       "status": "done", "curve": curve,
       "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
