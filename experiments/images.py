@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from experiments.study.records import load_runs, save_run
 from megabyte_jax.data import codecs
 
 
@@ -114,7 +115,6 @@ def sample_study(results_dir: str, study: dict, records: Sequence[dict],
   again). A model whose sampling would not end within `time_left_s` (judged by the slowest
   model so far) is skipped. Returns all records, updated.
   """
-  from experiments.study import save_run  # pylint: disable=g-import-not-at-top
   canvas = int(study["corpus"].get("canvas", 32))
   records = [dict(r) for r in records]
   largest: dict[str, dict] = {}
@@ -213,7 +213,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   import argparse  # pylint: disable=g-import-not-at-top
   import glob  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from experiments.study import load_runs  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description="Draw the image study's PNGs from its samples.")
   parser.add_argument("--results", required=True)
   args = parser.parse_args(argv)

@@ -11,7 +11,7 @@ Reads every run record (`runs/*.json`) and writes, beside them (or into `--out`)
     bpb_vs_wallclock.png   the same against training wall-clock (compilation included,
                            evaluation and checkpoint pauses excluded)
     throughput.png         training bytes/s of each model (mean over its runs)
-    results.csv            one row per run (the columns of `experiments.study.RESULT_FIELDS`)
+    results.csv            one row per run (`experiments.study.records.RESULT_FIELDS`)
     results.json           every run record
     table.md               the Markdown table that RESULTS.md shows
 """
@@ -19,13 +19,12 @@ Reads every run record (`runs/*.json`) and writes, beside them (or into `--out`)
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
 from typing import Optional, Sequence
 
-from experiments.study import RESULT_FIELDS, budget_tag, load_runs
+from experiments.study.records import load_runs, model_order, write_tables
+from experiments.study.records import markdown_table  # pylint: disable=unused-import  # re-exported
 
 
 def collect(results_dirs: Sequence[str]) -> list[dict]:
@@ -38,7 +37,7 @@ def collect(results_dirs: Sequence[str]) -> list[dict]:
     for record in load_runs(directory):
       if record.get("status") == "done":
         runs[f"{record['study']}/{record['run']}"] = record
-  return sorted(runs.values(), key=lambda r: (r["budget_flops"], _model_order(r)))
+  return sorted(runs.values(), key=lambda r: (r["budget_flops"], model_order(r)))
 
 
 def select_models(records: Sequence[dict], spec: Optional[str]) -> list[dict]:
@@ -59,62 +58,13 @@ def select_models(records: Sequence[dict], spec: Optional[str]) -> list[dict]:
   return [dict(r, model=labels[r["model"]]) for r in records if r["model"] in labels]
 
 
-def _model_order(record: dict) -> tuple:
-  return (record["kind"] != "transformer", record.get("order") or "",
-          record.get("patch_size") or 1, record["model"])
-
-
 def by_model(records: Sequence[dict]) -> dict[str, list[dict]]:
   """Records grouped by model, each group sorted by budget; models in a stable order
   (transformer first, then by scan order and patch size)."""
   groups: dict[str, list[dict]] = {}
-  for record in sorted(records, key=_model_order):
+  for record in sorted(records, key=model_order):
     groups.setdefault(record["model"], []).append(record)
   return {name: sorted(group, key=lambda r: r["budget_flops"]) for name, group in groups.items()}
-
-
-def _fmt(value, spec: str, missing: str = "–") -> str:
-  return missing if value is None else format(value, spec)
-
-
-def markdown_table(records: Sequence[dict]) -> str:
-  """The results as a Markdown table, one row per run, grouped by budget."""
-  lines = ["| budget (FLOPs) | model | params | MFLOP/byte | steps | MB trained | "
-           "eval bpb | train s | wall s | bytes/s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for r in sorted(records, key=lambda r: (r["budget_flops"], _model_order(r))):
-    lines.append(
-        f"| {budget_tag(r['budget_flops'])} | {r['model']} | {r['params'] / 1e6:.2f}M | "
-        f"{r['train_flops_per_byte'] / 1e6:.1f} | {r['steps']:,} | "
-        f"{r['bytes_trained'] / 1e6:.1f} | **{_fmt(r.get('eval_bpb'), '.4f')}** | "
-        f"{_fmt(r.get('train_s'), '.1f')} | {_fmt(r.get('wall_s'), '.1f')} | "
-        f"{_fmt(r.get('bytes_per_s'), ',.0f')} |")
-  return "\n".join(lines) + "\n"
-
-
-def write_tables(records: Sequence[dict], out_dir: str) -> list[str]:
-  """Writes results.csv, results.json and table.md into `out_dir`; returns the paths."""
-  os.makedirs(out_dir, exist_ok=True)
-  paths = [os.path.join(out_dir, name) for name in ("results.csv", "results.json", "table.md")]
-  with open(paths[0], "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(records)
-  existing = {}
-  if os.path.exists(paths[1]):
-    with open(paths[1], encoding="utf-8") as f:
-      try:
-        existing = json.load(f)
-      except ValueError:
-        existing = {}
-  existing = existing if isinstance(existing, dict) else {}
-  existing["runs"] = list(records)
-  with open(paths[1], "w", encoding="utf-8") as f:
-    json.dump(existing, f, indent=1, default=str)
-    f.write("\n")
-  with open(paths[2], "w", encoding="utf-8") as f:
-    f.write(markdown_table(records))
-  return paths
 
 
 def plot(records: Sequence[dict], out_dir: str, title: Optional[str] = None) -> list[str]:

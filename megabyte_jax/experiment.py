@@ -32,9 +32,10 @@ def load_module_file(path: str, *relative: str) -> Any:
   """Loads a Python file as a module: `path` itself, or with `relative` parts the file they
   name relative to the folder of `path`.
 
-  Config files are read by path (`--config=FILE`), not imported from a package, so one
-  reaches another this way: `load_module_file(__file__, "study.py")` loads the `study.py`
-  beside the calling file, from any working directory.
+  For a config file read by path (`--config=FILE`) that needs another file outside any
+  package: `load_module_file(__file__, "other.py")` loads the `other.py` beside the calling
+  file, from any working directory. (The repository's own configs import each other as
+  modules instead, e.g. `from experiments.configs.ablation import study`.)
 
   Raises:
     FileNotFoundError: naming the file, when there is none.

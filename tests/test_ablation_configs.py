@@ -82,3 +82,18 @@ def test_paper_recipe_config_is_the_default_model_with_the_papers_recipe():
     assert config.model[field] == ours.model[field]
   assert config.train.steps == ours.train.steps
   assert model_cost(cfg).params < model_cost(build_model(ours.model)[1]).params   # tied head
+
+
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")   # ml_collections'
+def test_model_configs_load_through_config_flags_and_import_the_study_as_a_module():
+  # `--config=experiments/configs/ablation/NAME.py` as megabyte_jax.train reads it (absl's
+  # config_flags, by path); the file imports `experiments.configs.ablation.study`, found on
+  # the Python path (the repository root, as `python -m` from it gives).
+  from absl import flags
+  from ml_collections import config_flags
+  from experiments.configs.ablation import study
+  for name in study.NAMES:
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=values)
+    values(["prog", f"--config={os.path.join(ABLATION, name)}.py:cpu"])
+    assert values.config.to_dict() == study.train_config(name, "cpu").to_dict(), name

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sysconfig
+import types
 import zipfile
 
 import jax
@@ -19,7 +20,9 @@ from conftest import REPO, run_module
 from experiments import corpus as corpus_lib
 from experiments import images as images_lib
 from experiments import plot_results
-from experiments import study as study_lib
+from experiments.study import records as records_lib
+from experiments.study import runner
+from experiments.study import spec as spec_lib
 from megabyte_jax import recipes
 from megabyte_jax.data import codecs, load_byte_data
 from megabyte_jax.errors import DataError
@@ -340,44 +343,44 @@ def _tiny_study(roots, budgets=(4e7, 1.2e8)):
 
 
 def test_study_helpers():
-  assert study_lib.parse_budgets("1e15, 4e15") == [1e15, 4e15]
-  assert study_lib.parse_budgets("5e14,auto") == [5e14, "auto"]
-  with pytest.raises(study_lib.StudyError, match="budget must be"):
-    study_lib.parse_budgets("lots")
-  assert study_lib.budget_tag(5e14) == "5e14" and study_lib.budget_tag(1.5e15) == "1.5e15"
-  assert study_lib.run_id("megabyte-p8", 3e15) == "megabyte-p8@3e15"
-  assert study_lib.steps_for_budget(1e12, 1e6, 10, 100) == 1000
-  assert study_lib.steps_for_budget(1, 1e6, 10, 100) == 1
+  assert spec_lib.parse_budgets("1e15, 4e15") == [1e15, 4e15]
+  assert spec_lib.parse_budgets("5e14,auto") == [5e14, "auto"]
+  with pytest.raises(spec_lib.StudyError, match="budget must be"):
+    spec_lib.parse_budgets("lots")
+  assert records_lib.budget_tag(5e14) == "5e14" and records_lib.budget_tag(1.5e15) == "1.5e15"
+  assert records_lib.run_id("megabyte-p8", 3e15) == "megabyte-p8@3e15"
+  assert spec_lib.steps_for_budget(1e12, 1e6, 10, 100) == 1000
+  assert spec_lib.steps_for_budget(1, 1e6, 10, 100) == 1
   study = _tiny_study("x")
-  study_lib.check_study(study)
+  spec_lib.check_study(study)
   for key, value, message in (("budgets", ["auto"], "first budget"),
                               ("budgets", [-1], "positive"),
                               ("models", [], "no models"),
                               ("corpus", {"kind": "video"}, "corpus kind")):
-    with pytest.raises(study_lib.StudyError, match=message):
-      study_lib.check_study(dict(study, **{key: value}))
-  with pytest.raises(study_lib.StudyError, match="distinct name"):
-    study_lib.check_study(dict(study, models=study["models"] * 2))
+    with pytest.raises(spec_lib.StudyError, match=message):
+      spec_lib.check_study(dict(study, **{key: value}))
+  with pytest.raises(spec_lib.StudyError, match="distinct name"):
+    spec_lib.check_study(dict(study, models=study["models"] * 2))
   del study["seq_len"]
-  with pytest.raises(study_lib.StudyError, match="seq_len"):
-    study_lib.check_study(study)
+  with pytest.raises(spec_lib.StudyError, match="seq_len"):
+    spec_lib.check_study(study)
 
 
 def test_experiment_config_sets_steps_warmup_and_cadence():
   study = _tiny_study("x")
-  config = study_lib.experiment_config(study, study["models"][1], 200, "T", "E")
+  config = spec_lib.experiment_config(study, study["models"][1], 200, "T", "E")
   assert config.train.steps == 200 and config.train.warmup_steps == 20
   assert config.train.eval_every % config.train.log_every == 0
   assert config.train.checkpoint_every == 200 and config.sample.num_bytes == 0
   assert (config.data.files, config.data.eval_files) == ("T", "E")
   for steps, warmup in ((1, 0), (2, 1), (10, 1)):     # a valid schedule for any step count
-    short = study_lib.experiment_config(study, study["models"][1], steps, "T", "E")
+    short = spec_lib.experiment_config(study, study["models"][1], steps, "T", "E")
     assert short.train.warmup_steps == warmup
     learning_rate_schedule(short.train)
   transformer = dict(study["models"][0], patch_size=1, order="raster")   # image-study style
-  assert study_lib.experiment_config(study, transformer, 5, "T", "E").model.kind == "transformer"
-  with pytest.raises(study_lib.StudyError, match="unknown train setting"):
-    study_lib.experiment_config(dict(study, train={"nope": 1}), study["models"][0], 5, "T", "E")
+  assert spec_lib.experiment_config(study, transformer, 5, "T", "E").model.kind == "transformer"
+  with pytest.raises(spec_lib.StudyError, match="unknown train setting"):
+    spec_lib.experiment_config(dict(study, train={"nope": 1}), study["models"][0], 5, "T", "E")
 
 
 def test_training_time_from_metric_windows():
@@ -385,31 +388,71 @@ def test_training_time_from_metric_windows():
              {"step": 10, "eval_bpb": 3.1},
              {"step": 20, "train_bpb": 2.0, "bytes_per_s": 1000.0},    # 10 timed steps
              {"step": 20, "eval_bpb": 2.5, "final": True}]
-  rate, seconds = study_lib.training_time(metrics, batch_size=10, seq_len=10, compile_s=5.0)
+  rate, seconds = runner.training_time(metrics, batch_size=10, seq_len=10, compile_s=5.0)
   assert seconds == pytest.approx(5.0 + 900 / 900 + 1000 / 1000)
   assert rate == pytest.approx(1900 / 2.0)
-  assert study_lib.training_time([], 1, 1, None) == (None, None)
+  assert runner.training_time([], 1, 1, None) == (None, None)
+
+
+def test_run_timings_read_the_result_record_else_the_metrics():
+  metrics = [{"step": 10, "train_bpb": 3.0, "bytes_per_s": 900.0}]   # 9 timed steps
+  # A record without timings (train_and_evaluate before it returned them): the metrics.
+  timings = runner.run_timings({"metrics": metrics, "wall_s": 20.0}, 10, 10)
+  assert timings == {"compile_s": None, "train_s": pytest.approx(1.0),
+                     "bytes_per_s": pytest.approx(900.0), "final_eval_s": None,
+                     "wall_s": 20.0}
+  # A compile time in the record counts into the training time from the metrics.
+  assert runner.run_timings({"metrics": metrics, "compile_s": 4.0}, 10, 10)["train_s"] \
+      == pytest.approx(5.0)
+  # A record with every timing: read as it is.
+  given = {"compile_s": 4.0, "train_s": 7.5, "bytes_per_s": 1234.5, "final_eval_s": 2.0,
+           "wall_s": 15.0}
+  assert runner.run_timings(dict(given, metrics=metrics), 10, 10) == given
+  assert runner.run_timings({"metrics": []}, 10, 10) == dict.fromkeys(given)
+
+
+def test_run_training_reads_a_read_only_result_record(tmp_path, monkeypatch):
+  # train_and_evaluate returns a read-only mapping; its timings, when it has them, are kept.
+  calls, timings = [], [{}, {"wall_s": 123.0, "compile_s": 1.5}]
+
+  def fake_train(config, workdir, progress=False):
+    calls.append((config, workdir, progress))
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w", encoding="utf-8") as f:
+      f.write(json.dumps({"step": 2, "train_bpb": 7.0}) + "\n")
+    return types.MappingProxyType(dict(timings[len(calls) - 1], step=2, eval_bpb=7.5))
+
+  monkeypatch.setattr(runner, "train_and_evaluate", fake_train)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "stale").write_text("x")             # a run starts from scratch
+  outcome = runner.run_training("CONFIG", str(workdir))
+  assert calls == [("CONFIG", str(workdir), False)] and not (workdir / "stale").exists()
+  assert outcome["eval_bpb"] == 7.5 and outcome["metrics"] == [{"step": 2, "train_bpb": 7.0}]
+  assert outcome["wall_s"] > 0 and "compile_s" not in outcome   # wall_s measured here
+  outcome = runner.run_training("CONFIG", str(workdir))
+  assert (outcome["wall_s"], outcome["compile_s"]) == (123.0, 1.5)
 
 
 def test_estimates_and_auto_budget():
   study = _tiny_study("x")
-  costs = study_lib.model_costs(study)
+  costs = spec_lib.model_costs(study)
   done = [{"model": m["name"], "status": "done", "steps": 101, "batch_size": 4, "seq_len": 32,
            "bytes_per_s": 12800.0, "wall_s": 20.0, "budget_flops": 1e9,
            "train_flops_per_byte": costs[m["name"]].train_flops_per_byte}
           for m in study["models"]]
   # Same model: 19 s of fixed cost (20 s - 100 timed steps of 128 bytes at 12,800 bytes/s),
   # then 1 s per 100 steps.
-  assert study_lib.estimate_seconds("transformer", 201, study, costs["transformer"], done) \
+  assert runner.estimate_seconds("transformer", 201, study, costs["transformer"], done) \
       == pytest.approx(19 + 201 * 128 / 12800)
-  assert study_lib.estimate_seconds("transformer", 5, study, costs["transformer"], []) is None
-  other = study_lib.estimate_seconds("new", 100, study, costs["transformer"], done)
+  assert runner.estimate_seconds("transformer", 5, study, costs["transformer"], []) is None
+  other = runner.estimate_seconds("new", 100, study, costs["transformer"], done)
   assert other > 19
-  budget = study_lib.resolve_auto_budget(dict(study, auto_multiples=(2, 4, 8)), costs, done,
-                                         remaining_s=1000, models=study["models"])
+  budget = runner.resolve_auto_budget(dict(study, auto_multiples=(2, 4, 8)), costs, done,
+                                      remaining_s=1000, models=study["models"])
   assert budget in (2e9, 4e9, 8e9)
-  assert study_lib.resolve_auto_budget(study, costs, done, remaining_s=10,
-                                       models=study["models"]) is None
+  assert runner.resolve_auto_budget(study, costs, done, remaining_s=10,
+                                    models=study["models"]) is None
 
 
 def test_code_study_end_to_end(packages_root, tmp_path):
@@ -418,25 +461,27 @@ def test_code_study_end_to_end(packages_root, tmp_path):
   study["models"] = study["models"][:1]
   results, work, corpora = (str(tmp_path / n) for n in ("results", "work", "corpus"))
   lines = []
-  records = study_lib.run_study(study, results, work, corpora, log=lines.append)
+  records = runner.run_study(study, results, work, corpora, log=lines.append)
   assert len(records) == 1 and records[0]["status"] == "done"
   # Running again redoes nothing; "auto" scales the largest finished budget to what fits the
   # time left, and a budget whose runs would overrun the time limit is skipped.
   lines.clear()
   study["budgets"] = [4e7, "auto", 1e14]
   study["auto_multiples"] = (2,)
-  records = study_lib.run_study(study, results, work, corpora, time_limit_s=3600,
-                                log=lines.append)
+  records = runner.run_study(study, results, work, corpora, time_limit_s=3600,
+                             log=lines.append)
   assert sum("already done" in line for line in lines) == 1
   assert any("budget auto -> 8e7" in line for line in lines)
   assert any("transformer@1e14: skipped" in line for line in lines)
   assert len(records) == 2
-  costs = study_lib.model_costs(study)
+  costs = spec_lib.model_costs(study)
   for r in records:
     per_step = costs[r["model"]].train_flops_per_byte * 4 * 32
     assert abs(r["train_flops"] - r["budget_flops"]) <= per_step / 2 + 1   # matched FLOPs
     assert 0 < r["eval_bpb"] < 9 and r["bytes_per_s"] > 0 and r["wall_s"] > r["train_s"] > 0
-    assert r["compile_s"] > 0 and r["eval_bytes"] > 0 and r["curve"][-1]["final"]
+    assert r["eval_bytes"] > 0 and r["curve"][-1]["final"]
+    for key in ("compile_s", "final_eval_s"):    # where train_and_evaluate's record has them
+      assert r[key] is None or 0 < r[key] < r["wall_s"]
   # The same bytes: every run reads the same corpus and scores the same held-out split.
   assert len({r["eval_bytes"] for r in records}) == 1
   saved = json.load(open(os.path.join(results, "results.json")))
@@ -462,14 +507,14 @@ def test_image_study_end_to_end(tmp_path):
       "models": [dict(shape, name="raster-p4", kind="megabyte", order="raster", patch_size=4),
                  dict(shape, name="patch-p4", kind="megabyte", order="patch", patch_size=4)],
   }
-  corpora = study_lib.prepare_corpora(study, str(tmp_path / "c"))
+  corpora = runner.prepare_corpora(study, str(tmp_path / "c"))
   assert sorted(corpora) == ["patch-p4", "raster"]
   assert corpora["raster"]["manifest"]["order"] == "raster"
   # Train one of the two (the other differs only in its corpus), then sample in both orders.
   study["models"] = study["models"][1:]
   results = str(tmp_path / "results")
-  records = study_lib.run_study(study, results, str(tmp_path / "w"), str(tmp_path / "c"),
-                                log=lambda _: None, keep_checkpoints=True)
+  records = runner.run_study(study, results, str(tmp_path / "w"), str(tmp_path / "c"),
+                             log=lambda _: None, keep_checkpoints=True)
   assert [r["order"] for r in records] == ["patch"] and records[0]["eval_bytes"] == 8 * 64
   lines = []
   assert images_lib.sample_study(results, study, records, time_left_s=0,
@@ -477,7 +522,7 @@ def test_image_study_end_to_end(tmp_path):
   records = images_lib.sample_study(results, study, records, num_samples=4, num_prompts=3,
                                     log=lines.append)
   assert records[0]["samples"] == os.path.join("samples", "patch-p4_at_1e8.png")
-  assert study_lib.load_runs(results)[0]["samples"] == records[0]["samples"]
+  assert records_lib.load_runs(results)[0]["samples"] == records[0]["samples"]
   with np.load(os.path.join(results, "samples", "patch-p4_at_1e8.npz")) as drawn:
     assert drawn["samples"].shape == (4, 8, 8) and drawn["completions"].shape == (3, 8, 8)
     # The completions keep the given top half of each held-out image.
@@ -518,15 +563,22 @@ def test_markdown_table_and_collect(tmp_path):
             "budget_flops": 1e9, "params": 2e6, "train_flops_per_byte": 3e6, "steps": 10,
             "bytes_trained": 5e6, "eval_bpb": 2.5, "train_s": 1.0, "wall_s": 2.0,
             "bytes_per_s": 1e6, "status": "done"}
-  table = plot_results.markdown_table([record, dict(record, eval_bpb=None, run="m@2e9",
-                                                    budget_flops=2e9)])
+  assert plot_results.markdown_table is records_lib.markdown_table     # (re-exported)
+  table = records_lib.markdown_table([record, dict(record, eval_bpb=None, run="m@2e9",
+                                                   budget_flops=2e9)])
   assert "| 1e9 | m | 2.00M | 3.0 | 10 | 5.0 | **2.5000** |" in table and "**–**" in table
   for directory, bpb in (("a", 2.5), ("b", 2.0)):
-    study_lib.save_run(str(tmp_path / directory), dict(record, eval_bpb=bpb))
+    records_lib.save_run(str(tmp_path / directory), dict(record, eval_bpb=bpb))
   merged = plot_results.collect([str(tmp_path / "a"), str(tmp_path / "b")])
   assert [r["eval_bpb"] for r in merged] == [2.0]          # the later directory wins
-  study_lib.write_results(str(tmp_path / "c"), {"models": []}, {}, [dict(record, eval_bpb=1.5)])
+  records_lib.write_results(str(tmp_path / "c"), {"models": []}, {}, [dict(record, eval_bpb=1.5)])
   assert [r["eval_bpb"] for r in plot_results.collect([str(tmp_path / "c")])] == [1.5]
+  with open(tmp_path / "c" / "results.csv", encoding="utf-8") as f:
+    assert f.readline().strip().split(",") == list(records_lib.RESULT_FIELDS)
+  transformer = dict(record, kind="transformer", model="t", patch_size=1)
+  patch = dict(record, model="p", order="patch")
+  assert sorted([patch, record, transformer], key=records_lib.model_order) \
+      == [transformer, record, patch]
   with pytest.raises(FileNotFoundError):
     plot_results.collect([str(tmp_path / "none")])
   proc = run_module("experiments.plot_results", f"--results={tmp_path / 'a'}")
@@ -547,28 +599,67 @@ def test_select_models_filters_and_relabels():
 
 def test_shipped_studies_load_and_match_flops():
   for variant in ("", ":cpu"):
-    study = study_lib.load_study(os.path.join(REPO, "experiments", "studies",
-                                              "code_equal_compute.py" + variant))
-    costs = study_lib.model_costs(study)
+    study = spec_lib.load_study("code_equal_compute" + variant)
+    costs = spec_lib.model_costs(study)
     per_byte = [c.train_flops_per_byte for c in costs.values()]
     assert max(per_byte) / min(per_byte) < 1.35     # about the same cost per byte
     assert {m.get("patch_size") for m in study["models"]} >= {4, 8, 16}
   for variant in ("", ":cpu"):
-    study = study_lib.load_study(os.path.join(REPO, "experiments", "studies",
-                                              "mnist_scan.py" + variant))
+    study = spec_lib.load_study("mnist_scan" + variant)
     assert {m.get("order") for m in study["models"]} >= {"raster", "patch"}
     assert study["seq_len"] == study["corpus"]["canvas"] ** 2
-  with pytest.raises(study_lib.StudyError, match="no study file"):
-    study_lib.load_study("nope.py")
+  assert spec_lib.study_names() == ["code_equal_compute", "mnist_scan"]
+
+
+def test_studies_are_named_by_module_or_by_path():
+  module = "experiments.studies.code_equal_compute"
+  path = os.path.join(REPO, "experiments", "studies", "code_equal_compute.py")
+  assert spec_lib.study_module_name("code_equal_compute") == module
+  assert spec_lib.study_module_name(module) == module
+  assert spec_lib.study_module_name(path) == module
+  assert spec_lib.study_module_name(os.path.relpath(path)) == module
+  ablation = os.path.join(REPO, "experiments", "configs", "ablation", "study.py")
+  assert spec_lib.study_module_name(ablation) == "experiments.configs.ablation.study"
+  by_name = spec_lib.load_study("code_equal_compute:cpu")
+  assert by_name["source"] == module + ":cpu"
+  assert spec_lib.load_study(path + ":cpu") == by_name == spec_lib.load_study(module + ":cpu")
+  assert spec_lib.load_study("experiments.configs.ablation.study:cpu")["name"] \
+      == "variants_ablation_cpu"
+  assert spec_lib.load_study(ablation + ":cpu")["source"] \
+      == "experiments.configs.ablation.study:cpu"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("nope.py", "no study file 'nope.py'"),
+    ("nope", "no study module 'experiments.studies.nope'; the studies of experiments/studies/ "
+             "are code_equal_compute, mnist_scan"),
+    ("experiments.nope", "no study module 'experiments.nope'"),
+    ("experiments.corpus", "experiments.corpus defines no get_study"),
+    ("a-b", "a study is a module name or a .py file, got 'a-b'"),
+])
+def test_unknown_studies_are_one_line_errors(name, message):
+  with pytest.raises(spec_lib.StudyError) as error:
+    spec_lib.load_study(name)
+  assert str(error.value).startswith(message)
+
+
+def test_a_study_file_outside_the_python_path_is_refused(tmp_path):
+  path = tmp_path / "my_study.py"
+  path.write_text("def get_study(variant=''):\n  return {}\n")
+  with pytest.raises(spec_lib.StudyError, match="outside the repository and the Python path"):
+    spec_lib.load_study(str(path))
 
 
 def test_study_cli_dry_run_and_errors():
-  proc = run_module("experiments.study", "--study=experiments/studies/code_equal_compute.py",
-                    "--results=/tmp/unused", "--dry_run", "--budgets=1e15,auto")
+  proc = run_module("experiments.study", "--study=code_equal_compute", "--results=/tmp/unused",
+                    "--dry_run", "--budgets=1e15,auto")
   assert "megabyte-p16" in proc.stdout and "budget auto" in proc.stdout
   proc = run_module("experiments.study", "--study=experiments/studies/code_equal_compute.py",
                     "--results=/tmp/unused", "--dry_run", "--models=nope", check=False)
   assert proc.returncode != 0 and "unknown model" in proc.stderr
-  proc = run_module("experiments.study", "--study=experiments/studies/code_equal_compute.py:cpu",
+  proc = run_module("experiments.study", "--study=experiments.studies.code_equal_compute:cpu",
                     "--results=/tmp/unused", "--budgets=1e9,auto", check=False)
   assert proc.returncode != 0 and "needs a time limit" in proc.stderr
+  proc = run_module("experiments.study", "--study=nope", "--results=/tmp/unused", check=False)
+  assert proc.returncode != 0 and proc.stderr.strip().startswith(
+      "error: no study module 'experiments.studies.nope'")

@@ -14,15 +14,16 @@ CPU); pass `--config.model.dtype=bfloat16` on a GPU to have it as written.
 Our defaults differ (GELU, no dropout, scaled fan-in init, a separate output projection,
 beta2 0.95, 100 warmup steps, cosine decay to 10%); running both configs compares the two
 recipes on the same model and bytes. The paper's own model sizes are in
-`experiments/configs/paper/`.
+`experiments/configs/paper/`. (`default.py` re-exports `megabyte_jax.configs.default`, which
+this file imports, so it works from any directory.)
 """
 
-from megabyte_jax.experiment import load_module_file
+from megabyte_jax.configs import default
 from megabyte_jax.recipes import paper_recipe
 
 
 def get_config():
   """Returns the experiment ConfigDict."""
-  config = paper_recipe(load_module_file(__file__, "default.py").get_config())
+  config = paper_recipe(default.get_config())
   config.model.dtype = "float32"
   return config

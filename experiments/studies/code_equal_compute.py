@@ -1,8 +1,8 @@
 """The equal-compute study on real code: byte Transformer vs MEGABYTE at P = 4, 8, 16.
 
-    python -m experiments.study --study=experiments/studies/code_equal_compute.py \\
+    python -m experiments.study --study=code_equal_compute \\
         --results=experiments/results/code_equal_compute --time_limit_s=420
-    python -m experiments.study --study=experiments/studies/code_equal_compute.py:cpu ...
+    python -m experiments.study --study=code_equal_compute:cpu ...
 
 Corpus: the `.py` files of every package installed for the running Python (on the GPU
 machine: torch, transformers, scipy, numpy, jax, ...; no download, no one here wrote them),
@@ -36,7 +36,7 @@ nothing about the models.
 
 
 def get_study(variant: str = "h100") -> dict:
-  """Returns the study dict (see experiments/study.py)."""
+  """Returns the study dict (see `experiments.study`)."""
   if variant == "h100":
     return {
         "name": "code_equal_compute",

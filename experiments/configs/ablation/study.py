@@ -1,14 +1,17 @@
 """Ablation of MEGABYTE's variants at equal training FLOPs (issue 10): the base model, the
 convolutional patch encoder, cross-patch attention, and a 3-level hierarchy.
 
-    python -m experiments.study --study=experiments/configs/ablation/study.py \\
+    python -m experiments.study --study=experiments.configs.ablation.study \\
         --results=experiments/results/ablation --time_limit_s=600
-    python -m experiments.study --study=experiments/configs/ablation/study.py:cpu \\
+    python -m experiments.study --study=experiments.configs.ablation.study:cpu \\
         --results=/tmp/ablation_cpu                          # a few minutes on a CPU
     python -m megabyte_jax.train --config=experiments/configs/ablation/conv.py --workdir=W
                                   # one model alone, on the default data (stdlib sources)
 
-Corpus, context, batch and optimiser are those of `experiments/studies/code_equal_compute.py`
+(from the repository root; the file path, experiments/configs/ablation/study.py, also works
+as --study).
+
+Corpus, context, batch and optimiser are those of `experiments.studies.code_equal_compute`
 (the experiments issue): `.py` files of the installed packages, whole packages held out for
 validation, 2,048-byte windows, batch 32, AdamW at 1.5e-3 with 5% warmup and cosine decay,
 bf16 compute. The study driver gives every model the same training FLOPs
@@ -34,10 +37,12 @@ measured speed fits into what is left of --time_limit_s.
 pipeline on a 2-core CPU; it says nothing about the variants.
 """
 
-import os
 from typing import Optional
 
-from megabyte_jax.experiment import load_module_file
+from experiments.studies import code_equal_compute
+from experiments.study import spec as study_spec
+from megabyte_jax.flops import model_cost
+from megabyte_jax.models import build_model
 
 _BASE = {
     "h100": dict(patch_size=8, global_dim=512, global_layers=6, global_heads=8,
@@ -74,21 +79,10 @@ def models(variant: str = "h100") -> list:
   ]
 
 
-def _experiments_module(*path: str):
-  """A module of `experiments/` loaded by its path, so that a train config of this folder
-  works from any directory (without `experiments` on the Python path)."""
-  return load_module_file(__file__, os.pardir, os.pardir, *path)
-
-
-def _code_study(variant: str) -> dict:
-  """`experiments/studies/code_equal_compute.py`'s study."""
-  return _experiments_module("studies", "code_equal_compute.py").get_study(variant)
-
-
 def get_study(variant: str = "h100") -> dict:
-  """Returns the study dict (see experiments/study.py): code_equal_compute's corpus, context,
+  """Returns the study dict (see `experiments.study`): code_equal_compute's corpus, context,
   batch, optimiser and evaluation, with this ablation's models and budgets."""
-  study = _code_study(variant)      # raises for an unknown variant
+  study = code_equal_compute.get_study(variant)      # raises for an unknown variant
   study.pop("time_limit_s", None)
   study.update(name="variants_ablation" + ("_cpu" if variant == "cpu" else ""),
                budgets=[5e14, "auto"] if variant == "h100" else [2e11],
@@ -102,19 +96,16 @@ def train_config(name: str, variant: str = "h100", budget: Optional[float] = Non
   (default: the study's first budget, 5e14 for "h100", 2e11 for "cpu"), four evaluations,
   the default data (the stdlib's sources; the study driver supplies its own corpus
   instead)."""
-  from megabyte_jax.flops import model_cost  # pylint: disable=g-import-not-at-top
-  from megabyte_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  driver = _experiments_module("study.py")
   study = get_study(variant)
   if budget is None:
     budget = study["budgets"][0]
   by_name = {m["name"]: m for m in study["models"]}
   if name not in by_name:
     raise ValueError(f"model must be one of {sorted(by_name)}, got {name!r}")
-  _, cfg = build_model(driver.model_config(study, by_name[name], 1).model)
-  steps = driver.steps_for_budget(budget, model_cost(cfg).train_flops_per_byte,
-                                  study["batch_size"], study["seq_len"])
-  config = driver.model_config(study, by_name[name], steps)
+  _, cfg = build_model(study_spec.model_config(study, by_name[name], 1).model)
+  steps = study_spec.steps_for_budget(budget, model_cost(cfg).train_flops_per_byte,
+                                      study["batch_size"], study["seq_len"])
+  config = study_spec.model_config(study, by_name[name], steps)
   config.train.eval_every = max(1, config.train.steps // 4)
   config.train.eval_batches = study["eval_batches"]
   config.train.checkpoint_every = config.train.steps

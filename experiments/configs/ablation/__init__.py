@@ -1,0 +1,1 @@
+"""The variants ablation: its study (`study.py`) and one train config per model."""
