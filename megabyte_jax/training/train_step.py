@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from megabyte_jax import config_checks
 from megabyte_jax import sharding as sharding_lib
 from megabyte_jax.training import train_state as state_lib
-from megabyte_jax.errors import ConfigError
 from megabyte_jax.training.losses import byte_nll
 from megabyte_jax.models import build_model
 
@@ -60,10 +60,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
       replicated. Without a mesh the step runs wherever its inputs are.
     rules: logical-axis rules (default: `sharding.LOGICAL_RULES`).
   """
-  if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) \
-      or grad_accum_steps < 1:
-    raise ConfigError(f"train.grad_accum_steps must be a positive integer, got "
-                      f"{grad_accum_steps!r}")
+  config_checks.check_grad_accum_steps(grad_accum_steps)
 
   def loss_fn(params, tokens, rng):
     tokens = tokens.astype(jnp.int32)   # batches arrive as uint8 bytes
@@ -75,10 +72,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
 
   def accumulated(params, tokens, rng):
     """Mean loss and gradients over `grad_accum_steps` equal microbatches."""
-    batch, length = tokens.shape
-    if batch % grad_accum_steps:
-      raise ConfigError(f"the batch of {batch} rows cannot be split into "
-                        f"train.grad_accum_steps={grad_accum_steps} equal microbatches")
+    batch, length = tokens.shape   # [batch, T]
+    config_checks.check_microbatches(batch, grad_accum_steps)
     # Row r goes to microbatch r % steps: every data shard holds rows of every microbatch.
     micro = tokens.reshape(batch // grad_accum_steps, grad_accum_steps, length).swapaxes(0, 1)
 
