@@ -124,6 +124,12 @@ def load_config_file(path: PathLike) -> ml_collections.ConfigDict:
     values["model"] = {k: tuple(v) if isinstance(v, list) else v
                        for k, v in values["model"].items()}
     _fill_legacy_fields(values)
+  if "mesh" in values:   # a run saved before `mesh_rules` existed: the defaults, overridable
+    values.setdefault("mesh_rules", [])
+  if isinstance(values.get("mesh_rules"), list):   # JSON has no tuples: back to pairs
+    values["mesh_rules"] = tuple(
+        tuple(tuple(v) if isinstance(v, list) else v for v in rule)
+        if isinstance(rule, list) else rule for rule in values["mesh_rules"])
   return ml_collections.ConfigDict(values)
 
 
