@@ -65,16 +65,23 @@ def config_path(workdir: PathLike) -> str:
 
 
 def save_config(workdir: PathLike, config: ml_collections.ConfigDict) -> str:
-  """Writes `config` as JSON to `DIR/config.json` (atomically); returns the path.
-
-  Locally through a temporary file and a rename; remotely as one object upload (object
-  stores replace an object whole)."""
+  """Writes `config` as JSON to `DIR/config.json` (atomically: `write_text_atomic`);
+  returns the path."""
   as_path(workdir).mkdir(parents=True, exist_ok=True)
   path = config_path(workdir)
-  text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+  write_text_atomic(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+  return path
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+  """Writes `text` to `path` (local or remote) so that readers see the old file or the new
+  one, never a part: locally through a temporary file and a rename; remotely as one object
+  upload (object stores replace an object whole)."""
+  path = os.fspath(path)
   if is_remote(path):
     epath.Path(path).write_text(text, encoding="utf-8")
-    return path
+    return
+  path = os.path.expanduser(path)
   tmp = f"{path}.tmp{os.getpid()}"
   try:
     with open(tmp, "w", encoding="utf-8") as f:
@@ -86,7 +93,6 @@ def save_config(workdir: PathLike, config: ml_collections.ConfigDict) -> str:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
-  return path
 
 
 def load_config(workdir: PathLike) -> ml_collections.ConfigDict:
