@@ -319,10 +319,10 @@ def test_two_processes_train_together_and_agree(tmp_path, corpus):
 
 def test_a_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, corpus):
   """Preempting one process of a multi-process run: all agree on a step boundary (a
-  multiple of `train.STOP_SYNC_EVERY`), save it together, exit 143, and the run resumes."""
+  multiple of `loop.STOP_SYNC_EVERY`), save it together, exit 143, and the run resumes."""
   import signal   # pylint: disable=import-outside-toplevel
   import time     # pylint: disable=import-outside-toplevel
-  from megabyte_jax.train import STOP_SYNC_EVERY  # pylint: disable=import-outside-toplevel
+  from megabyte_jax.training.loop import STOP_SYNC_EVERY  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path / "run")
   procs = _start_processes(workdir, 100_000, corpus)
   metrics = os.path.join(workdir, "metrics.jsonl")
