@@ -126,6 +126,14 @@ def load_config_file(path: PathLike) -> ml_collections.ConfigDict:
     raise ConfigError(f"cannot read {os.fspath(path)}: {e}") from e
   if not isinstance(values, dict):
     raise ConfigError(f"{os.fspath(path)} does not hold a config (a JSON object)")
+  return config_from_json_values(values)
+
+
+def config_from_json_values(values: dict) -> ml_collections.ConfigDict:
+  """A config from the JSON values of a saved one (`config.json`, or the config inside a
+  parameters export): the model section's arrays and `mesh_rules` back as tuples, and the
+  fields a config saved before them lacks filled in (`_fill_legacy_fields`)."""
+  values = dict(values)
   if isinstance(values.get("model"), dict):
     values["model"] = {k: tuple(v) if isinstance(v, list) else v
                        for k, v in values["model"].items()}
