@@ -5,8 +5,8 @@ It resolves the config against the work directory, builds the one training setup
 lock, restores the newest good checkpoint or starts fresh, and steps: logging metrics
 (`metrics.jsonl`), evaluating, checkpointing, stopping cleanly on SIGTERM / SIGINT, and
 stopping after `train.max_bad_steps` non-finite steps in a row. At the end it evaluates on
-the whole validation split, samples a continuation and returns (and writes to
-`DIR/result.json`) a `result.TrainResult`. The command line is `megabyte_jax.train`.
+the whole validation split (`train.final_eval`), samples a continuation
+(`sample.num_bytes`) and returns (and writes to `DIR/result.json`) a `result.TrainResult`. The command line is `megabyte_jax.train`.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def _train_locked(setup: TrainSetup, workdir: str, progress: bool,
   # Timing: the first step (compilation included) apart; then the timed windows, each from
   # the end of a log, save or evaluation to the next log (bytes/s in metrics.jsonl) or to
   # the next save or evaluation (kept out of bytes/s), summed for the result.
-  compile_seconds, timed_seconds, timed_total = None, 0.0, 0
+  compile_seconds, timed_seconds, timed_total, timed_steps = None, 0.0, 0, 0
   window_start = time.perf_counter()
   stop = _StopRequest()
   try:
