@@ -6,6 +6,7 @@ reach any of them) and the resolved config written into the work directory is co
 
     config.seed        base seed (parameters, dropout, training batches)
     config.model       `kind` ("megabyte" or "transformer") and every field of its config class
+    config.mesh        device mesh axes; `config.mesh_rules` overrides the sharding rules
     config.data        which bytes to train and validate on (`megabyte_jax.data`)
     config.train       optimisation, logging, evaluation and checkpoint cadence
     config.eval        batch size of evaluation
@@ -134,6 +135,10 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.mesh.data = -1
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
+  # Overrides of the logical-axis rules (`sharding.LOGICAL_RULES`, `sharding.logical_rules`):
+  # (logical_name, mesh_axis or None) pairs, e.g. (("mlp", None),) keeps the MLP whole on
+  # every device; a name the table lacks is added. Default: none, the table as it is.
+  config.mesh_rules = ()
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000

@@ -24,7 +24,8 @@ import numpy as np
 
 from megabyte_jax.errors import CheckpointError
 from megabyte_jax.models import build_model
-from megabyte_jax.training.workdir import PathLike, as_path, load_trained
+from megabyte_jax.training.workdir import (PathLike, as_path, config_from_json_values,
+                                           load_trained)
 
 FORMAT = "megabyte-jax-params/1"
 
@@ -67,9 +68,6 @@ def load_exported(path: PathLike) -> tuple[nn.Module, Any, ml_collections.Config
     raise CheckpointError(f"cannot read the exported parameters {os.fspath(path)}: {e}") from e
   if not isinstance(values, dict) or values.get("format") != FORMAT:
     raise CheckpointError(f"{os.fspath(path)} is not a megabyte-jax parameters export")
-  config_values = json.loads(values["config"])
-  config_values["model"] = {k: tuple(v) if isinstance(v, list) else v
-                            for k, v in config_values["model"].items()}
-  config = ml_collections.ConfigDict(config_values)
+  config = config_from_json_values(json.loads(values["config"]))
   model, _ = build_model(config.model)
   return model, values["params"], config

@@ -15,6 +15,9 @@ So switching between data parallel, FSDP and tensor parallel is a change of `con
 (e.g. `{data: -1}`, `{fsdp: -1}`, `{data: 2, tensor: 4}`), never of model code. `-1` takes
 the devices the other axes leave. The same program runs on one CPU (a 1x1x1 mesh), eight
 emulated CPU devices, GPUs, or a multi-host TPU slice (`jax.devices()` spans all hosts).
+
+A run may override or extend that table from its config (`config.mesh_rules`, applied by
+`logical_rules`), as Flax's lm1b example and MaxText allow; the table stays the default.
 """
 
 from __future__ import annotations
@@ -46,6 +49,52 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("vocab", None),                          # 256 byte ids: not worth splitting
     ("layers", None),                         # the stacked axis of `scan_layers`
 )
+
+Rules = tuple[tuple[str, Any], ...]
+
+
+def _rule_target(name: str, target: Any) -> Any:
+  """A rule's mesh axis (a name, None, or a tuple of distinct names), checked."""
+  if target is None:
+    return None
+  axes = (target,) if isinstance(target, str) else target
+  if not isinstance(axes, (tuple, list)) or not axes \
+      or not all(isinstance(axis, str) for axis in axes):
+    raise ConfigError(f"mesh_rules: {name!r} must map to a mesh axis name, a list of them or "
+                      f"None, got {target!r}")
+  unknown = [axis for axis in axes if axis not in MESH_AXES]
+  if unknown:
+    raise ConfigError(f"mesh_rules: {name!r} maps to unknown mesh axis {unknown[0]!r}; the "
+                      f"axes are {list(MESH_AXES)}")
+  if len(set(axes)) != len(axes):
+    raise ConfigError(f"mesh_rules: {name!r} names a mesh axis twice: {list(axes)}")
+  return target if isinstance(target, str) else tuple(axes)
+
+
+def logical_rules(overrides: Optional[Sequence[Any]] = None) -> Rules:
+  """`LOGICAL_RULES` with `overrides` applied (`config.mesh_rules`).
+
+  `overrides` is a sequence of `(logical_name, mesh_axis)` pairs, the mesh axis being one
+  of `MESH_AXES`, a sequence of them, or None (replicated): a pair for a logical name of
+  `LOGICAL_RULES` replaces that rule where it stands, any other is appended. E.g.
+  `(("mlp", None),)` keeps the MLP's hidden units whole on every device.
+
+  Raises:
+    ConfigError: an entry that is not a pair, a logical name given twice, or an unknown
+      mesh axis (one line naming it).
+  """
+  changed: dict[str, Any] = {}
+  for entry in overrides or ():
+    if isinstance(entry, (str, bytes)) or not isinstance(entry, (tuple, list)) \
+        or len(entry) != 2 or not isinstance(entry[0], str):
+      raise ConfigError(f"mesh_rules entries must be (logical_name, mesh_axis) pairs, got "
+                        f"{entry!r}")
+    name, target = entry
+    if name in changed:
+      raise ConfigError(f"mesh_rules: {name!r} is given twice")
+    changed[name] = _rule_target(name, target)
+  rules = tuple((name, changed.pop(name, target)) for name, target in LOGICAL_RULES)
+  return rules + tuple(changed.items())
 
 
 def mesh_shape(mesh_cfg: Optional[Mapping[str, int]], num_devices: int) -> dict[str, int]:

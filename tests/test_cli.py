@@ -24,7 +24,8 @@ def trained(tmp_path_factory):
   workdir = str(base / "run")
   out = run_module("megabyte_jax.train", f"--config={TINY}", f"--workdir={workdir}",
              f"--config.data.files={corpus}", "--config.data.eval_fraction=0.4",
-             "--config.train.steps=12", "--noprogress")
+             "--config.train.steps=12", "--config.mesh_rules=(('mlp', None),)",
+             "--noprogress")
   return workdir, str(corpus), out
 
 
@@ -39,7 +40,13 @@ def test_train_cli_reports_and_writes_everything(trained):
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   assert saved["train"]["steps"] == 12           # the override was resolved and saved
+  assert saved["mesh_rules"] == [["mlp", None]]  # a sharding-rule override too
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "12"))
+  assert "first step (compilation included): " in out.stdout
+  with open(os.path.join(workdir, "result.json")) as f:
+    result = json.load(f)                        # this invocation's record
+  assert result["step"] == 12 and result["eval_bpb"] > 0 and result["sample"].startswith("import")
+  assert 0 < result["compile_s"] <= result["train_s"] < result["wall_s"]
 
 
 def test_evaluate_cli_scores_every_byte_of_a_glob(trained):

@@ -164,7 +164,8 @@ def test_a_start_that_fails_after_validation_leaves_the_workdir_free(corpus, tmp
   assert train_and_evaluate(other, workdir)["step"] == 4
   # config.json is replaced atomically: no temporary file is left
   save_config(workdir, other)
-  assert sorted(os.listdir(workdir)) == ["checkpoints", CONFIG_FILE, "metrics.jsonl"]
+  assert sorted(os.listdir(workdir)) == ["checkpoints", CONFIG_FILE, "metrics.jsonl",
+                                         "result.json"]
 
 
 # ------------------------------------------------------------------ workdir lock

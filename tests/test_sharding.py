@@ -21,14 +21,16 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import REPO
 from megabyte_jax import ByteTransformer, ConfigError, Megabyte, TransformerConfig
+from megabyte_jax import config_checks
 from megabyte_jax import sharding
 from megabyte_jax.training import train_state as state_lib
 from megabyte_jax.training.checkpoint import Checkpointer
 from megabyte_jax.experiment import base_config
 from megabyte_jax.layers import stack_block_params
 from megabyte_jax.train import train_and_evaluate
+from megabyte_jax.training.setup import TrainSetup
 from megabyte_jax.training.train_step import make_train_step
-from megabyte_jax.training.workdir import resolve_config, save_config
+from megabyte_jax.training.workdir import load_config, resolve_config, save_config
 
 CPUS = jax.devices("cpu")
 needs_8 = pytest.mark.skipif(
@@ -289,6 +291,97 @@ def test_training_cli_runs_on_a_mesh_and_resumes_on_another(tmp_path, corpus):
     train_and_evaluate(config, workdir)
 
 
+def test_logical_rules_override_or_extend_the_default_table():
+  rules = sharding.logical_rules([("mlp", None), ("embed", ["data", "fsdp"]),
+                                  ("experts", "tensor")])
+  assert [name for name, _ in rules] == [name for name, _ in sharding.LOGICAL_RULES] + [
+      "experts"]                                 # replaced where they stand, new ones last
+  assert dict(rules)["mlp"] is None and dict(rules)["embed"] == ("data", "fsdp")
+  assert dict(rules)["heads"] == "tensor" and dict(rules)["experts"] == "tensor"
+  assert sharding.logical_rules(None) == sharding.logical_rules(()) == sharding.LOGICAL_RULES
+  for overrides, message in [
+      ([("mlp", "model")], r"mesh_rules: 'mlp' maps to unknown mesh axis 'model'; the axes "
+                           r"are \['data', 'fsdp', 'tensor'\]"),
+      ([("mlp", ("data", "pipe"))], "unknown mesh axis 'pipe'"),
+      ([("mlp", ("data", "data"))], "names a mesh axis twice"),
+      ([("mlp", 3)], "must map to a mesh axis name"),
+      ([("mlp", None), ("mlp", "tensor")], "'mlp' is given twice"),
+      (["mlp"], r"entries must be \(logical_name, mesh_axis\) pairs"),
+      ([("mlp", None, "x")], "pairs")]:
+    with pytest.raises(ConfigError, match=message) as info:
+      sharding.logical_rules(overrides)
+    assert "\n" not in str(info.value)
+  with pytest.raises(ConfigError, match="mesh_rules must be a list"):
+    config_checks.check_mesh_rules("mlp")
+
+
+def _small_config(corpus=None):
+  config = base_config("megabyte", seq_len=32, patch_size=4, global_dim=32, global_layers=1,
+                       global_heads=2, local_dim=16, local_layers=1, local_heads=2)
+  config.data.update(files=corpus or "stdlib", eval_fraction=0.25)
+  config.train.update(steps=2, warmup_steps=1, batch_size=8, checkpoint_every=2, log_every=1,
+                      eval_every=0, final_eval=False, tensorboard=False)
+  config.sample.num_bytes = 0
+  return config
+
+
+def _mlp_shardings(setup):
+  """The mesh axes of every parameter dimension named `mlp`, over the whole model."""
+  boxed = state_lib.boxed_abstract_params(setup.model, setup.model_cfg.seq_len)
+  found = []
+  for leaf, named in zip(
+      jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)),
+      jax.tree_util.tree_leaves(setup.state_sharding.params)):
+    spec = tuple(named.spec) + (None,) * (len(leaf.names) - len(named.spec))
+    found += [axes for name, axes in zip(leaf.names, spec) if name == "mlp"]
+  return found
+
+
+@needs_8
+def test_mesh_rules_from_the_config_change_the_shardings_and_training_runs(tmp_path, corpus):
+  """`config.mesh_rules` reaches the state shardings, the train step and evaluation: a rule
+  that replicates `mlp` keeps the MLP's hidden units whole on a tensor-parallel mesh."""
+  config = _small_config(corpus)
+  config.mesh.update(data=2, fsdp=2, tensor=2)
+  default = TrainSetup.create(config)
+  assert default.rules == sharding.LOGICAL_RULES
+  assert _mlp_shardings(default) and all(axes == "tensor" for axes in _mlp_shardings(default))
+  config.mesh_rules = (("mlp", None),)
+  setup = TrainSetup.create(config)
+  assert dict(setup.rules)["mlp"] is None
+  assert _mlp_shardings(setup) and all(axes is None for axes in _mlp_shardings(setup))
+  config.train.final_eval = True
+  workdir = str(tmp_path / "run")
+  result = train_and_evaluate(config, workdir)
+  assert result["step"] == 2 and result["eval_bytes"] > 0
+  assert load_config(workdir).mesh_rules == (("mlp", None),)   # saved, read back as pairs
+  config.mesh_rules = (("mlp", "model"),)
+  with pytest.raises(ConfigError, match="unknown mesh axis 'model'"):
+    train_and_evaluate(config, str(tmp_path / "other"))
+  assert not (tmp_path / "other").exists()          # refused before anything is written
+
+
+@needs_8
+def test_the_batch_checks_follow_the_mesh_and_the_rules():
+  mesh = _mesh((2, 4, 1))
+  config = _small_config()
+  config.train.batch_size = 2
+  with pytest.raises(ConfigError, match=r"train\.batch_size=2 must be a multiple of the "
+                                        r"mesh's data x fsdp size \(8, mesh"):
+    config_checks.check_batch(config.train, mesh)
+  batch_on_data = sharding.logical_rules([("activation_batch", "data")])
+  assert config_checks.check_batch(config.train, mesh, batch_on_data) == 1
+  config.train.update(batch_size=16, grad_accum_steps=4)
+  with pytest.raises(ConfigError, match=r"into train\.grad_accum_steps=4 microbatches that "
+                                        r"are each a multiple of the mesh's data x fsdp size "
+                                        r"\(8\)"):
+    config_checks.check_batch(config.train, mesh)
+  assert config_checks.check_batch(config.train, mesh, batch_on_data) == 4
+  with pytest.raises(ConfigError, match=r"batch_size=16 must be a multiple of the number of "
+                                        r"hosts \(3\)"):
+    config_checks.check_batch(config.train, mesh, process_count=3)
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -336,10 +429,10 @@ def test_two_processes_train_together_and_agree(tmp_path, corpus):
 
 def test_a_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, corpus):
   """Preempting one process of a multi-process run: all agree on a step boundary (a
-  multiple of `train.STOP_SYNC_EVERY`), save it together, exit 143, and the run resumes."""
+  multiple of `loop.STOP_SYNC_EVERY`), save it together, exit 143, and the run resumes."""
   import signal   # pylint: disable=import-outside-toplevel
   import time     # pylint: disable=import-outside-toplevel
-  from megabyte_jax.train import STOP_SYNC_EVERY  # pylint: disable=import-outside-toplevel
+  from megabyte_jax.training.loop import STOP_SYNC_EVERY  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path / "run")
   procs = _start_processes(workdir, 100_000, corpus)
   metrics = os.path.join(workdir, "metrics.jsonl")

@@ -1,5 +1,6 @@
 """Training: the step learns, checkpoints round-trip, runs resume exactly."""
 
+import dataclasses
 import json
 import math
 import os
@@ -13,12 +14,15 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from megabyte_jax import ByteTransformer, CheckpointError, Megabyte
+from megabyte_jax import ByteTransformer, CheckpointError, ConfigError, Megabyte, TrainingError
+from megabyte_jax import config_checks
 from megabyte_jax.training.checkpoint import Checkpointer
 from megabyte_jax.experiment import base_config
 from megabyte_jax.training.metrics import read_metrics
 from megabyte_jax.train import train_and_evaluate
-from megabyte_jax.training.train_step import make_train_step
+from megabyte_jax.training.result import TrainResult
+from megabyte_jax.training.setup import TrainSetup
+from megabyte_jax.training.train_step import Training, fresh_training, make_train_step
 from megabyte_jax.training.train_state import (abstract_train_state, create_train_state, decay_mask,
                                       learning_rate_schedule, make_optimizer)
 from megabyte_jax.training.workdir import load_trained
@@ -118,6 +122,16 @@ def test_training_run_writes_metrics_checkpoints_and_sample(kind, corpus, tmp_pa
   assert final["step"] == 12 and final["eval_bytes"] > 0
   assert 0 < final["eval_bpb"] < 9.0
   assert isinstance(final["sample"], str) and final["sample"].startswith("import ")
+  # The record: every figure present and sensible, and the same in DIR/result.json.
+  assert isinstance(final, TrainResult) and final.eval_bpb == final["eval_bpb"]
+  assert final.params > 1000 and final.skipped_steps == 0 and 0 < final.train_bpb < 9.0
+  assert 0 < final.compile_s <= final.train_s < final.wall_s
+  assert final.final_eval_s is not None and 0 <= final.final_eval_s < final.wall_s
+  assert final.bytes_per_s > 0
+  assert final.train_s + final.final_eval_s <= final.wall_s
+  assert TrainResult.load(workdir) == final
+  assert json.loads(open(os.path.join(workdir, "result.json"), encoding="utf-8").read()) \
+      == dict(final)
   records = read_metrics(workdir)
   train = [r for r in records if "train_bpb" in r]
   evals = [r for r in records if "eval_bpb" in r]
@@ -128,6 +142,64 @@ def test_training_run_writes_metrics_checkpoints_and_sample(kind, corpus, tmp_pa
   config, model, params, step = load_trained(workdir)
   assert step == 12 and config.model.kind == kind
   assert type(model).__name__ == ("Megabyte" if kind == "megabyte" else "ByteTransformer")
+
+
+def test_train_result_is_a_read_only_mapping_and_round_trips_through_json(tmp_path):
+  result = TrainResult(step=7, params=1234, skipped_steps=1, train_bpb=2.5,
+                       eval_bpb=float("nan"), compile_s=3.0, train_s=4.0, bytes_per_s=1e5,
+                       wall_s=9.0)
+  assert list(result) == ["step", "params", "skipped_steps", "train_bpb", "eval_bpb",
+                          "eval_bytes", "sample", "compile_s", "train_s", "bytes_per_s",
+                          "final_eval_s", "wall_s"]
+  assert result["step"] == result.step == 7 and len(result) == 12
+  assert result.get("sample") is None and result.get("nope", 0) == 0 and "params" in result
+  assert dict(result)["bytes_per_s"] == 1e5 and dict(result, x=1)["x"] == 1
+  with pytest.raises(KeyError):
+    result["nope"]   # pylint: disable=pointless-statement
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    result.step = 8
+  back = TrainResult.from_json(result.to_json())     # non-finite numbers become null
+  assert back == dataclasses.replace(result, eval_bpb=None)
+  path = back.save(str(tmp_path))
+  assert path == str(tmp_path / "result.json") and TrainResult.load(str(tmp_path)) == back
+  with pytest.raises(TrainingError, match="no result.json in"):
+    TrainResult.load(str(tmp_path / "none"))
+  (tmp_path / "result.json").write_text("[1, 2]")
+  with pytest.raises(TrainingError, match="cannot read .*result.json: not a training result"):
+    TrainResult.load(str(tmp_path))
+
+
+def test_the_one_setup_builds_the_step_training_runs(corpus):
+  """`TrainSetup`: the schedule, gradient accumulation and checks of the config; its step
+  logs the schedule's learning rate, and `fresh_training` is a view of it."""
+  config = _config(corpus)
+  config.train.update(grad_accum_steps=2, warmup_steps=4, learning_rate=0.5)
+  setup = TrainSetup.create(config)
+  assert setup.grad_accum == 2 and setup.seed == config.seed and not setup.dropout
+  assert dict(setup.mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+  schedule = learning_rate_schedule(config.train)
+  assert [float(setup.schedule(i)) for i in (0, 2, 4, 12)] == [
+      float(schedule(i)) for i in (0, 2, 4, 12)]
+  state = setup.init_state()
+  tokens = np.zeros((config.train.batch_size, 32), np.uint8)
+  for expected_lr in (0.0, 0.125):
+    state, metrics = setup.train_step(state, setup.shard_batch(tokens))
+    assert float(metrics["lr"]) == pytest.approx(expected_lr)
+  training = fresh_training(config)
+  assert isinstance(training, Training) and type(training.model) is type(setup.model)
+  _, metrics = training.step(training.state, setup.shard_batch(tokens))
+  assert float(metrics["lr"]) == 0.0   # step 0 of the same schedule
+  config.train.grad_accum_steps = 3                  # 4 rows do not split into 3
+  with pytest.raises(ConfigError, match=r"train\.batch_size=4 must split into "
+                                        r"train\.grad_accum_steps=3 microbatches"):
+    TrainSetup.create(config)
+  config.train.update(grad_accum_steps=1, warmup_steps=12)
+  with pytest.raises(ConfigError, match=r"train\.warmup_steps must be less than"):
+    TrainSetup.create(config)
+  config.train.warmup_steps = 2
+  config.train.batch_size = 6
+  with pytest.raises(ConfigError, match=r"multiple of the number of hosts \(4\)"):
+    config_checks.check_batch(config.train, setup.mesh, process_count=4)
 
 
 def test_resume_continues_exactly(corpus, tmp_path):

@@ -58,6 +58,26 @@ def test_remote_workdir_config_and_metrics_go_through_epath(fake_gcs, tmp_path, 
   assert [r["step"] for r in read_metrics(workdir)] == [1, 2]
 
 
+def test_remote_result_record_goes_through_epath(fake_gcs):
+  from megabyte_jax.training.result import TrainResult
+  result = TrainResult(step=3, params=10, eval_bpb=2.0, sample="x", wall_s=1.5)
+  assert result.save("gs://bucket/run") == "gs://bucket/run/result.json"
+  assert not os.path.exists("gs:")   # no local folder named after the URI
+  assert TrainResult.load("gs://bucket/run") == result
+
+
+def test_saved_mesh_rules_come_back_as_pairs(tmp_path):
+  config = _config()
+  config.mesh_rules = (("mlp", None), ("embed", ("data", "fsdp")))
+  workdir_lib.save_config(str(tmp_path), config)
+  loaded = workdir_lib.load_config(str(tmp_path))
+  assert loaded.mesh_rules == config.mesh_rules and loaded.to_dict() == config.to_dict()
+  older = json.loads((tmp_path / "config.json").read_text())
+  del older["mesh_rules"]                            # a run saved before mesh_rules existed
+  (tmp_path / "config.json").write_text(json.dumps(older))
+  assert workdir_lib.load_config(str(tmp_path)).mesh_rules == ()
+
+
 def test_remote_checkpoint_directory_stays_a_uri_and_manifests_use_epath(fake_gcs,
                                                                           monkeypatch):
   """Orbax itself needs a real bucket (it asks GCS about the bucket), so its manager is

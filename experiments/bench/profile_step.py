@@ -2,7 +2,8 @@
 
     python experiments/bench/profile_step.py --config=experiments/configs/reference.py
 
-Builds the train step exactly as `train_throughput.py` does, traces `--steps` steps after
+Builds the train step exactly as training and `train_throughput.py` do
+(`training.setup.TrainSetup`, with its learning-rate schedule), traces `--steps` steps after
 compilation and warm-up with `jax.profiler.trace` (the trace stays in `--trace_dir` for
 TensorBoard / XProf), then reads it back with `jax.profiler.ProfileData` and prints one
 JSON line per kernel group, largest first: total device time per step, share of the step,
@@ -24,8 +25,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from megabyte_jax import sharding
-from megabyte_jax.training.train_step import fresh_training
+from megabyte_jax.training.setup import TrainSetup
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/reference.py",
                                           "Experiment config.")
@@ -65,10 +65,10 @@ def kernel_times(trace_dir: str) -> tuple[dict, dict, float]:
 def main(argv):
   del argv
   config = _CONFIG.value
-  _, cfg, mesh, state, step = fresh_training(config)
-  batch = sharding.shard_batch(
-      np.random.default_rng(0).integers(0, 256, (config.train.batch_size, cfg.seq_len),
-                                        np.uint8), sharding.batch_sharding(mesh))
+  setup = TrainSetup.create(config)
+  state, step = setup.init_state(), setup.train_step
+  batch = setup.shard_batch(np.random.default_rng(0).integers(
+      0, 256, (config.train.batch_size, setup.model_cfg.seq_len), np.uint8))
   for _ in range(3):
     state, metrics = step(state, batch)
   jax.block_until_ready((state, metrics))

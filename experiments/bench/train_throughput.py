@@ -6,13 +6,14 @@
     python experiments/bench/train_throughput.py --config=experiments/configs/reference.py \\
         --peer=.peer/megabyte_pytorch_bench.py --peer_args="--compile"
 
-Times exactly the step `megabyte_jax.train` runs (`train_step.make_train_step`: forward, backward,
-AdamW with clipping, donated state) on batches already on the device, so the figure is
-what the model consumes, free of the input pipeline. The batches hold uniform random bytes, as
-the peer benchmark feeds, or with `--bytes=data` the config's own training text, whose skewed
-byte frequencies are what a real run sees (a scatter-add embedding gradient, for one, was 16x
-slower on text than on random bytes; see BENCHMARKS.md): `--steps` steps per repeat, each repeat
-ended by `block_until_ready`, the median of `--repeats` repeats after `--warmup` steps
+Times exactly the step `megabyte_jax.train` runs (`training.setup.TrainSetup`, the one setup
+training builds: forward, backward, AdamW with clipping and the learning-rate schedule,
+gradient accumulation, the sharding rules, donated state) on batches already on the device,
+so the figure is what the model consumes, free of the input pipeline. The batches hold
+uniform random bytes, as the peer benchmark feeds, or with `--bytes=data` the config's own
+training text, whose skewed byte frequencies are what a real run sees (a scatter-add
+embedding gradient, for one, was 16x slower on text than on random bytes; see
+BENCHMARKS.md): `--steps` steps per repeat, each repeat ended by `block_until_ready`, the median of `--repeats` repeats after `--warmup` steps
 (compilation is reported apart). The step runs on the config's mesh (`--config.mesh.data=2`,
 `--config.mesh.fsdp=-1`, ...; default: data parallel over every device). Prints one JSON
 line: device, device count, mesh, jax version, config, parameters, bytes per step, step
@@ -44,11 +45,10 @@ import numpy as np
 from ml_collections import config_flags
 
 from megabyte_jax import data as data_lib
-from megabyte_jax import sharding
 from megabyte_jax.flops import model_cost
-from megabyte_jax.training.losses import byte_nll
 from megabyte_jax.models import build_model
-from megabyte_jax.training.train_step import fresh_training
+from megabyte_jax.training.losses import byte_nll
+from megabyte_jax.training.setup import TrainSetup
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/reference.py",
                                           "Experiment config (its model and train sections).")
@@ -100,11 +100,12 @@ def measure(config, source: str = "random") -> dict:
   (see `host_batches`); returns the JSON record."""
   batch = int(config.train.batch_size)
   start = time.perf_counter()
-  model, cfg, mesh, state, step = fresh_training(config)
+  setup = TrainSetup.create(config)
+  model, cfg, mesh, step = setup.model, setup.model_cfg, setup.mesh, setup.train_step
+  state = setup.init_state()
   seq_len = cfg.seq_len
   # A few distinct batches, rotated, so no step reads what the previous one left in cache.
-  batch_sharding = sharding.batch_sharding(mesh)
-  batches = [sharding.shard_batch(b, batch_sharding)
+  batches = [setup.shard_batch(b)
              for b in host_batches(config, seq_len, getattr(cfg, "patch_size", 1), 4, source)]
   state, metrics = step(state, batches[0])
   jax.block_until_ready(metrics["loss"])
@@ -131,7 +132,7 @@ def measure(config, source: str = "random") -> dict:
       "python": platform.python_version(), "model": type(model).__name__,
       "config": cfg.to_dict(), "params": cost.params, "batch": batch, "seq_len": seq_len,
       "bytes": source,
-      "grad_accum_steps": int(config.train.get("grad_accum_steps", 1)),
+      "grad_accum_steps": setup.grad_accum,
       "bytes_per_step": batch * seq_len, "step_s": round(step_s, 6),
       "step_s_min": round(min(times), 6), "step_s_max": round(max(times), 6),
       "bytes_per_s": round(bytes_per_s), "peak_memory_bytes": peak_memory(),

@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from megabyte_jax.errors import ConfigError
+from megabyte_jax import config_checks
+from megabyte_jax import sharding as sharding_lib
+from megabyte_jax.config_checks import DECAY_MASKS  # pylint: disable=unused-import  (re-export)
 
 
 @flax.struct.dataclass
@@ -33,15 +35,8 @@ class TrainState:
 
 def learning_rate_schedule(train_cfg) -> optax.Schedule:
   """Linear warmup from 0 to `learning_rate`, cosine decay to `min_lr_ratio` of it at `steps`."""
+  config_checks.check_schedule(train_cfg)
   steps, warmup = int(train_cfg.steps), int(train_cfg.warmup_steps)
-  if steps <= 0:
-    raise ConfigError(f"train.steps must be positive, got {steps}")
-  if not 0 <= warmup <= steps:
-    raise ConfigError(f"train.warmup_steps must be in 0..train.steps ({steps}), got {warmup}")
-  if train_cfg.learning_rate <= 0:
-    raise ConfigError(f"train.learning_rate must be positive, got {train_cfg.learning_rate}")
-  if not 0 <= train_cfg.min_lr_ratio <= 1:
-    raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {train_cfg.min_lr_ratio}")
   peak = float(train_cfg.learning_rate)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=max(steps, 1),
@@ -65,9 +60,6 @@ def decay_role(name: str) -> str:
   return "other"
 
 
-DECAY_MASKS = ("kernels", "kernels_embeddings", "ndim")
-
-
 def decay_mask(params: Any, rule: str = "kernels") -> Any:
   """True for the parameters weight decay applies to (`train.weight_decay_mask`).
 
@@ -78,8 +70,7 @@ def decay_mask(params: Any, rule: str = "kernels") -> Any:
   the QKV bias (`[3, heads, head_dim]`) and the MLP's input bias (`[1, mlp]`), and with
   `scan_layers` (a leading layer axis) every norm and bias.
   """
-  if rule not in DECAY_MASKS:
-    raise ConfigError(f"train.weight_decay_mask must be one of {DECAY_MASKS}, got {rule!r}")
+  config_checks.check_decay_mask(rule)
   if rule == "ndim":
     return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
@@ -92,11 +83,8 @@ def decay_mask(params: Any, rule: str = "kernels") -> Any:
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
   """AdamW (decoupled weight decay on the parameters `decay_mask` selects by
   `train.weight_decay_mask`) with global-norm clipping and the schedule."""
-  if train_cfg.grad_clip < 0:
-    raise ConfigError(f"train.grad_clip must be >= 0 (0 disables), got {train_cfg.grad_clip}")
+  config_checks.check_optimizer(train_cfg)
   rule = train_cfg.get("weight_decay_mask", "kernels")
-  if rule not in DECAY_MASKS:
-    raise ConfigError(f"train.weight_decay_mask must be one of {DECAY_MASKS}, got {rule!r}")
   adamw = optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
                       eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
                       mask=functools.partial(decay_mask, rule=rule))
@@ -120,7 +108,6 @@ def state_shardings(model: nn.Module, seq_len: int, optimizer: optax.GradientTra
   `rules` is given); the optimizer's per-parameter statistics (Adam's moments) are sharded
   like their parameters; the step and other scalars are replicated.
   """
-  from megabyte_jax import sharding as sharding_lib   # pylint: disable=g-import-not-at-top
   rules = sharding_lib.LOGICAL_RULES if rules is None else rules
   boxed = boxed_abstract_params(model, seq_len)
   params = sharding_lib.param_shardings(boxed, mesh, rules)

@@ -18,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from megabyte_jax import config_checks
 from megabyte_jax import sharding as sharding_lib
 from megabyte_jax.training import train_state as state_lib
-from megabyte_jax.errors import ConfigError
 from megabyte_jax.training.losses import byte_nll
-from megabyte_jax.models import build_model
 
 
 def mesh_context(mesh: Optional[jax.sharding.Mesh],
@@ -60,10 +59,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
       replicated. Without a mesh the step runs wherever its inputs are.
     rules: logical-axis rules (default: `sharding.LOGICAL_RULES`).
   """
-  if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) \
-      or grad_accum_steps < 1:
-    raise ConfigError(f"train.grad_accum_steps must be a positive integer, got "
-                      f"{grad_accum_steps!r}")
+  config_checks.check_grad_accum_steps(grad_accum_steps)
 
   def loss_fn(params, tokens, rng):
     tokens = tokens.astype(jnp.int32)   # batches arrive as uint8 bytes
@@ -75,10 +71,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
 
   def accumulated(params, tokens, rng):
     """Mean loss and gradients over `grad_accum_steps` equal microbatches."""
-    batch, length = tokens.shape
-    if batch % grad_accum_steps:
-      raise ConfigError(f"the batch of {batch} rows cannot be split into "
-                        f"train.grad_accum_steps={grad_accum_steps} equal microbatches")
+    batch, length = tokens.shape   # [batch, T]
+    config_checks.check_microbatches(batch, grad_accum_steps)
     # Row r goes to microbatch r % steps: every data shard holds rows of every microbatch.
     micro = tokens.reshape(batch // grad_accum_steps, grad_accum_steps, length).swapaxes(0, 1)
 
@@ -144,23 +138,18 @@ class Training(NamedTuple):
   step: Callable
 
 
-def fresh_training(config: Any, seed: int = 0) -> Training:
-  """Builds `config`'s model, mesh (`config.mesh`), a freshly initialized `TrainState` in
-  its shards and the jitted train step, as `megabyte_jax.train` does for a new run (the
-  benchmarks time and profile exactly this step).
+def fresh_training(config: Any, seed: Optional[int] = None) -> Training:
+  """`config`'s model, mesh, a freshly initialized `TrainState` in its shards and the
+  jitted train step: a thin view of `setup.TrainSetup.create(config, seed)`, the one setup
+  `megabyte_jax.train` runs (its learning-rate schedule, gradient accumulation, sharding
+  rules and batch checks). `seed` defaults to `config.seed`.
 
   Raises:
-    ConfigError: a mesh that does not fit the devices or the model.
+    ConfigError: a bad config, or a mesh that does not fit the devices, the model or the
+      batch.
   """
-  model, model_cfg = build_model(config.model)
-  optimizer = state_lib.make_optimizer(config.train)
-  mesh = sharding_lib.make_mesh(config.get("mesh"))
-  sharding_lib.check_model_fits_mesh(model_cfg, mesh)
-  shardings = state_lib.state_shardings(model, model_cfg.seq_len, optimizer, mesh)
-  with mesh_context(mesh):
-    state = state_lib.create_train_state(model, model_cfg.seq_len, optimizer,
-                                         jax.random.key(seed), shardings)
-  dropout = model_cfg.dropout > 0 or model_cfg.embed_dropout > 0
-  step = make_train_step(model, optimizer, seed, dropout, mesh=mesh, state_sharding=shardings,
-                         grad_accum_steps=int(config.train.get("grad_accum_steps", 1)))
-  return Training(model, model_cfg, mesh, state, step)
+  # `setup` builds on this module, so it is imported when first needed, not at the top.
+  from megabyte_jax.training.setup import TrainSetup  # pylint: disable=g-import-not-at-top
+  setup = TrainSetup.create(config, seed)
+  return Training(setup.model, setup.model_cfg, setup.mesh, setup.init_state(),
+                  setup.train_step)

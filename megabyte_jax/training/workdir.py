@@ -65,16 +65,23 @@ def config_path(workdir: PathLike) -> str:
 
 
 def save_config(workdir: PathLike, config: ml_collections.ConfigDict) -> str:
-  """Writes `config` as JSON to `DIR/config.json` (atomically); returns the path.
-
-  Locally through a temporary file and a rename; remotely as one object upload (object
-  stores replace an object whole)."""
+  """Writes `config` as JSON to `DIR/config.json` (atomically: `write_text_atomic`);
+  returns the path."""
   as_path(workdir).mkdir(parents=True, exist_ok=True)
   path = config_path(workdir)
-  text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+  write_text_atomic(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+  return path
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+  """Writes `text` to `path` (local or remote) so that readers see the old file or the new
+  one, never a part: locally through a temporary file and a rename; remotely as one object
+  upload (object stores replace an object whole)."""
+  path = os.fspath(path)
   if is_remote(path):
     epath.Path(path).write_text(text, encoding="utf-8")
-    return path
+    return
+  path = os.path.expanduser(path)
   tmp = f"{path}.tmp{os.getpid()}"
   try:
     with open(tmp, "w", encoding="utf-8") as f:
@@ -86,7 +93,6 @@ def save_config(workdir: PathLike, config: ml_collections.ConfigDict) -> str:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
-  return path
 
 
 def load_config(workdir: PathLike) -> ml_collections.ConfigDict:
@@ -120,10 +126,24 @@ def load_config_file(path: PathLike) -> ml_collections.ConfigDict:
     raise ConfigError(f"cannot read {os.fspath(path)}: {e}") from e
   if not isinstance(values, dict):
     raise ConfigError(f"{os.fspath(path)} does not hold a config (a JSON object)")
+  return config_from_json_values(values)
+
+
+def config_from_json_values(values: dict) -> ml_collections.ConfigDict:
+  """A config from the JSON values of a saved one (`config.json`, or the config inside a
+  parameters export): the model section's arrays and `mesh_rules` back as tuples, and the
+  fields a config saved before them lacks filled in (`_fill_legacy_fields`)."""
+  values = dict(values)
   if isinstance(values.get("model"), dict):
     values["model"] = {k: tuple(v) if isinstance(v, list) else v
                        for k, v in values["model"].items()}
     _fill_legacy_fields(values)
+  if "mesh" in values:   # a run saved before `mesh_rules` existed: the defaults, overridable
+    values.setdefault("mesh_rules", [])
+  if isinstance(values.get("mesh_rules"), list):   # JSON has no tuples: back to pairs
+    values["mesh_rules"] = tuple(
+        tuple(tuple(v) if isinstance(v, list) else v for v in rule)
+        if isinstance(rule, list) else rule for rule in values["mesh_rules"])
   return ml_collections.ConfigDict(values)
 
 
