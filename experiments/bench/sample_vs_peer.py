@@ -99,7 +99,6 @@ def time_peer(cfg, prompt: np.ndarray, num_bytes: int, batch: int) -> dict:
   start = time.perf_counter()
   run(num_bytes)
   seconds = time.perf_counter() - start
-  del model
   torch.cuda.empty_cache()
   return {"what": "sample", "who": "peer", "batch": batch, "prompt_bytes": len(prompt),
           "num_bytes": num_bytes, "seconds": round(seconds, 4),
