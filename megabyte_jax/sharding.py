@@ -1,8 +1,9 @@
 """Device meshes and the one table that maps logical axis names onto them.
 
 Every parameter, activation constraint and KV cache in the package carries logical axis
-names (`layers.py`): `embed`, `mlp`, `heads`, `kv`, `vocab`, `layers`, `activation_batch`,
-`activation_length`, `activation_embed`, `cache_length`. A `jax.sharding.Mesh` has physical
+names (`megabyte_jax.layers`): `embed`, `mlp`, `heads`, `kv`, `vocab`, `layers`,
+`activation_batch`, `activation_length`, `activation_embed`, and the caches' own
+`cache_batch`, `cache_length`, `cache_heads`, `cache_kv`. A `jax.sharding.Mesh` has physical
 axes; `LOGICAL_RULES` below is the only place that says which logical axis lives on which
 mesh axis:
 
@@ -41,7 +42,10 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_batch", ("data", "fsdp")),   # batches split over every data-like axis
     ("activation_length", None),
     ("activation_embed", None),
+    ("cache_batch", ("data", "fsdp")),        # decode caches: batch like the activations,
     ("cache_length", None),
+    ("cache_heads", "tensor"),                # heads like the attention weights
+    ("cache_kv", None),
     ("embed", "fsdp"),                        # FSDP: weights split along the model width
     ("mlp", "tensor"),                        # tensor parallel: MLP hidden units ...
     ("heads", "tensor"),                      # ... and attention heads

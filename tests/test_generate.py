@@ -243,7 +243,7 @@ def test_caches_carry_logical_axis_names(megabyte_cfg):
   axes = state_logical_axes(state)
   assert tuple(axes["global_cache"][0].k) == CACHE_AXES
   assert tuple(axes["local_cache"][1].v) == CACHE_AXES
-  assert tuple(axes["g"]) == ("activation_batch", None, None)
+  assert tuple(axes["g"]) == ("cache_batch", None, None)
   assert len(jax.tree_util.tree_leaves(state)) == len(jax.tree_util.tree_leaves(axes))
   cache = state["global_cache"][0]
   assert isinstance(cache, KVCache)

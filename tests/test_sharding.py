@@ -184,6 +184,24 @@ def test_the_mesh_check_covers_every_level_and_the_swiglu_width(megabyte_cfg):
   sharding.check_model_fits_mesh(gelu.replace(activation="swiglu"), _mesh((1, 1, 8)))
 
 
+@needs_8
+def test_decode_caches_have_their_own_axis_names_and_rules(megabyte_cfg):
+  """KV caches carry `cache_*` names: by default batch over data x fsdp and heads over tensor,
+  like training's tensors, and a `mesh_rules` override moves the caches alone."""
+  from megabyte_jax.inference.decoding import decoder_for, state_logical_axes
+  state = decoder_for(Megabyte(megabyte_cfg)).init_state(4)
+  axes = state_logical_axes(state)
+  mesh = _mesh((2, 2, 2))
+  shardings = nn.logical_to_mesh_sharding(axes, mesh, sharding.logical_rules())
+  k = shardings["global_cache"][0].k
+  assert k.spec == P(("data", "fsdp"), None, "tensor", None)
+  replicated = nn.logical_to_mesh_sharding(
+      axes, mesh, sharding.logical_rules([("cache_heads", None), ("cache_batch", "data")]))
+  assert replicated["global_cache"][0].k.spec == P("data", None, None, None)
+  placed = jax.device_put(state, shardings)
+  assert placed["local_cache"][0].v.sharding.spec == P(("data", "fsdp"), None, "tensor", None)
+
+
 def test_indivisible_dimensions_stay_whole():
   mesh = _mesh((1, 1, 8)) if len(CPUS) >= 8 else _mesh((1, 1, 1))
   size = mesh.shape["tensor"]

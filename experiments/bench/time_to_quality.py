@@ -30,6 +30,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from megabyte_jax.training.result import TrainResult
+
 CONFIG = "experiments/configs/peer_match.py"
 RUNS = {
     "bf16": {},
@@ -117,10 +119,7 @@ def run_ours(name: str, overrides: dict, target: float, args) -> dict:
   if proc.returncode:
     return {"what": "ttq", "run": name, "rc": proc.returncode,
             "error": (proc.stdout + proc.stderr)[-3000:]}
-  compile_s = None
-  for line in proc.stdout.splitlines():
-    if line.startswith("first step (compilation included):"):
-      compile_s = float(line.split(": ")[1].split(" ")[0])
+  compile_s = TrainResult.load(workdir)["compile_s"]   # the first step, compilation included
   metrics = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = json.load(f)

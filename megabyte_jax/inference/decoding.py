@@ -33,6 +33,7 @@ import jax
 from jax.sharding import PartitionSpec
 
 from megabyte_jax.errors import InputError
+from megabyte_jax.layers.kvcache import CACHE_BATCH
 from megabyte_jax.layers import CACHE_AXES, FusedStack, KVCache, decoding_params, fused_decode
 from megabyte_jax.models import megabyte as megabyte_lib
 from megabyte_jax.models import transformer as transformer_lib
@@ -169,9 +170,9 @@ def decoder_for(model: nn.Module, options: DecodeOptions = DecodeOptions()) -> D
 def state_logical_axes(state: Any) -> Any:
   """Logical axis names for every array of a decoder state, for sharding rules.
 
-  KV caches get `CACHE_AXES` (`activation_batch`, `cache_length`, `heads`, `kv`; after a
-  leading `layers` axis for the stacked caches of `scan_layers` models); other
-  arrays (MEGABYTE's current global output) are `activation_batch` followed by unsharded
+  KV caches get `CACHE_AXES` (`cache_batch`, `cache_length`, `cache_heads`, `cache_kv`;
+  after a leading `layers` axis for the stacked caches of `scan_layers` models); other
+  arrays (MEGABYTE's current global output) are `cache_batch` followed by unsharded
   axes. Returns a tree of `PartitionSpec`s of logical names, as `nn.get_partition_spec` does
   for parameters: map it onto a mesh with `nn.logical_to_mesh_sharding(spec, mesh, rules)`.
   """
@@ -179,9 +180,9 @@ def state_logical_axes(state: Any) -> Any:
     if isinstance(x, KVCache):
       if x.k.ndim == len(CACHE_AXES) + 1:    # stacked caches of `scan_layers`
         spec = PartitionSpec("layers", *CACHE_AXES)
-        rows = None if x.shift is None else PartitionSpec("layers", "activation_batch",
+        rows = None if x.shift is None else PartitionSpec("layers", CACHE_BATCH,
                                                           None, None)
         return KVCache(k=spec, v=spec, shift=rows)
       return KVCache.logical_axes(shift=x.shift is not None)
-    return PartitionSpec("activation_batch", *(None,) * (x.ndim - 1))
+    return PartitionSpec(CACHE_BATCH, *(None,) * (x.ndim - 1))
   return jax.tree_util.tree_map(axes, state, is_leaf=lambda x: isinstance(x, KVCache))

@@ -12,10 +12,12 @@ import jax.numpy as jnp
 from megabyte_jax.config import resolve_dtype
 from megabyte_jax.layers.spec import StackSpec
 
-# Logical names of a KV cache's axes `[batch, max_len, heads, head_dim]`: batch like
-# activations, heads and head width like the attention parameters (so each shard of the
-# heads keeps its own keys and values), and a separate name for the cached length.
-CACHE_AXES = ("activation_batch", "cache_length", "heads", "kv")
+# Logical names of a KV cache's axes `[batch, max_len, heads, head_dim]`, its own, so that
+# decoding state can be laid out apart from training's tensors (`sharding.LOGICAL_RULES`
+# maps them by default like the activations' batch and the attention parameters' heads and
+# head width, so each shard of the heads keeps its own keys and values).
+CACHE_BATCH = "cache_batch"
+CACHE_AXES = (CACHE_BATCH, "cache_length", "cache_heads", "cache_kv")
 
 
 
@@ -52,7 +54,7 @@ class KVCache:
     rows: batch like activations), in the cache's own structure (map them onto a mesh with
     `nn.logical_to_mesh_sharding`)."""
     spec = jax.sharding.PartitionSpec(*CACHE_AXES)
-    rows = jax.sharding.PartitionSpec("activation_batch", None, None) if shift else None
+    rows = jax.sharding.PartitionSpec(CACHE_BATCH, None, None) if shift else None
     return cls(k=spec, v=spec, shift=rows)
 
 
