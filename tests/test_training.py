@@ -248,4 +248,6 @@ def test_train_throughput_benchmark_runs_on_cpu():
   assert record["step_s_min"] <= record["step_s"] <= record["step_s_max"]
   assert abs(record["bytes_per_s"] * record["step_s"] / record["bytes_per_step"] - 1) < 1e-3
   assert record["train_flops_per_byte"] > 0 and 0 <= record["mfu"] < 1
+  assert record["spec_peak_tflops"] == 989.0   # the datasheet bf16 dense peak beside it
+  assert record["mfu_spec"] == pytest.approx(record["mfu"] * 805 / 989, abs=1e-4)
   assert math.isfinite(record["loss"])

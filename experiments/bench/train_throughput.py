@@ -18,8 +18,10 @@ BENCHMARKS.md): `--steps` steps per repeat, each repeat ended by `block_until_re
 `--config.mesh.fsdp=-1`, ...; default: data parallel over every device). Prints one JSON
 line: device, device count, mesh, jax version, config, parameters, bytes per step, step
 time, bytes/s, peak memory (of the busiest device), model FLOPs per trained byte
-(`megabyte_jax.flops`) and MFU against `--peak_tflops` per device (805: the bf16 dense matmul
-rate measured on an H100, see BENCHMARKS.md).
+(`megabyte_jax.flops`) and MFU twice: `mfu` against `--peak_tflops` per device (805: the bf16
+dense matmul rate measured on an H100, see BENCHMARKS.md) and `mfu_spec` against the datasheet
+dense peak `--spec_peak_tflops` (989 TFLOP/s bf16, 1,979 FP8 for the H100/H200 SXM; FP8 when
+`model.fp8`), as the MaxText and PaLM reports give it.
 
 With `--peer=SCRIPT` it first runs the peer benchmark (MEGABYTE-pytorch, its own Python
 environment through `--peer_pythonpath`) on the same GPU in the same invocation (first, so
@@ -55,7 +57,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/referen
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (the median is reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-_PEAK = flags.DEFINE_float("peak_tflops", 805.0, "Matmul peak for MFU, TFLOP/s.")
+_PEAK = flags.DEFINE_float("peak_tflops", 805.0, "Measured matmul peak for MFU, TFLOP/s.")
+_SPEC_PEAK = flags.DEFINE_float("spec_peak_tflops", None, "Datasheet dense peak for a second "
+                                "MFU, TFLOP/s (default: 989 bf16, or 1,979 with model.fp8, the "
+                                "H100/H200 SXM figures).")
 _PEER = flags.DEFINE_string("peer", None, "Peer benchmark script to run after ours.")
 _PEER_ARGS = flags.DEFINE_string("peer_args", "", "Arguments for the peer script.")
 _CHECK = flags.DEFINE_bool("check_numerics", False, "Also compare the loss of the fast path "
@@ -125,6 +130,7 @@ def measure(config, source: str = "random") -> dict:
   bytes_per_s = batch * seq_len / step_s
   tflops = cost.train_flops_per_byte * bytes_per_s / 1e12
   devices = jax.device_count()
+  spec_peak = _SPEC_PEAK.value or (1979.0 if getattr(cfg, "fp8", False) else 989.0)
   return {
       "what": "train_step", "device": jax.devices()[0].device_kind,
       "devices": devices, "mesh": dict(mesh.shape),
@@ -138,7 +144,8 @@ def measure(config, source: str = "random") -> dict:
       "bytes_per_s": round(bytes_per_s), "peak_memory_bytes": peak_memory(),
       "train_flops_per_byte": round(cost.train_flops_per_byte),
       "model_tflops": round(tflops, 2), "mfu": round(tflops / (_PEAK.value * devices), 4),
-      "peak_tflops": _PEAK.value, "compile_s": round(compile_s, 2),
+      "peak_tflops": _PEAK.value, "mfu_spec": round(tflops / (spec_peak * devices), 4),
+      "spec_peak_tflops": spec_peak, "compile_s": round(compile_s, 2),
       "loss": float(metrics["loss"])}
 
 
