@@ -213,7 +213,8 @@ def test_fp8_models_are_close_to_bf16_and_learn(kind, megabyte_cfg, transformer_
   assert _rel(got, want) < MODEL_RTOL
   optimizer = optax.adam(1e-2)
   state = state_lib.create_train_state(fp8, cfg.seq_len, optimizer, jax.random.key(0))
-  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)} == {jnp.dtype(jnp.float32)}
+  dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)}
+  assert dtypes == {jnp.dtype(jnp.float32)}
   step = make_train_step(fp8, optimizer, 0, False)
   losses = []
   for _ in range(6):
