@@ -25,6 +25,7 @@ import optax
 import pytest
 
 from megabyte_jax import ByteTransformer, ConfigError, Megabyte, MegabyteConfig
+from megabyte_jax.experiment import base_config
 from megabyte_jax.inference.decoding import decoder_for
 from megabyte_jax.inference.generation import DecodeOptions, cached_logits, generate
 from megabyte_jax.layers import StackSpec, fused_decode
@@ -35,7 +36,8 @@ from megabyte_jax.models.levels import model_stacks
 from megabyte_jax.train import train_and_evaluate
 from megabyte_jax.training import train_state as state_lib
 from megabyte_jax.training.train_step import make_train_step
-from megabyte_jax.training.workdir import load_config_file, load_trained, resolve_config
+from megabyte_jax.training.workdir import (load_config_file, load_trained, resolve_config,
+                                           save_config)
 
 from test_training import _config as _run_config   # the tiny runs of the resume test
 
@@ -192,6 +194,14 @@ def test_the_config_field(megabyte_cfg, transformer_cfg):
     assert "fp8" not in json.load(f)["model"]
   _, model_cfg = build_model(load_config_file(legacy).model)
   assert model_cfg.fp8 is False
+
+
+def test_a_run_may_turn_fp8_on_or_off_when_it_resumes(tmp_path):
+  """`fp8` changes how the model computes, not its parameters (a runtime model field)."""
+  config = base_config("transformer", seq_len=32, dim=32, layers=1, heads=2)
+  save_config(str(tmp_path), config)
+  changed = base_config("transformer", seq_len=32, dim=32, layers=1, heads=2, fp8=True)
+  assert resolve_config(str(tmp_path), changed) is changed
 
 
 def _tokens(batch=4, length=32, seed=0):
