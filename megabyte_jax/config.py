@@ -104,6 +104,8 @@ class _CommonConfig:
       raise ConfigError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
     if not isinstance(self.scan_layers, bool):
       raise ConfigError(f"scan_layers must be True or False, got {self.scan_layers!r}")
+    if not isinstance(self.fp8, bool):
+      raise ConfigError(f"fp8 must be True or False, got {self.fp8!r}")
     for name in ("dropout", "embed_dropout"):
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -227,6 +229,13 @@ class MegabyteConfig(_CommonConfig):
       predicted from the global model's output alone. "sequence": the last byte of the
       previous patch (its unit, for middle levels), the inputs being shifted by one over
       the whole sequence; the pad only at the window's first position.
+    fp8: FP8 training (for Hopper GPUs): the four dense matmuls of every block of every
+      stack (attention QKV and output projections, MLP input and output) run in FP8, e4m3
+      activations and weights forward and an e5m2 output gradient backward, accumulated in
+      float32 and returned in `dtype`, with direct per-tensor scaling at every call (no
+      scaling state: `layers.fp8`). Embeddings, patch and global-to-local projections and
+      the byte head stay in `dtype`. Parameters are unchanged, so a run may turn it on or
+      off when it resumes. False: every matmul in `dtype`.
   """
 
   seq_len: int
@@ -264,6 +273,7 @@ class MegabyteConfig(_CommonConfig):
   mid_heads: tuple[int, ...] = ()
   conv_kernel_sizes: tuple[int, ...] = ()
   cross_patch: int = 0
+  fp8: bool = False
 
   def __post_init__(self):
     self._validate_common()
@@ -385,7 +395,8 @@ class TransformerConfig(_CommonConfig):
   """Configuration of the byte-level baseline transformer (the paper's comparison).
 
   `TransformerConfig(seq_len, dim, layers, heads)` is enough; the other fields mean what
-  they mean in `MegabyteConfig`.
+  they mean in `MegabyteConfig` (`fp8`: the four dense matmuls of every block in FP8, the
+  embedding and byte head in `dtype`).
   """
 
   seq_len: int
@@ -409,6 +420,7 @@ class TransformerConfig(_CommonConfig):
   attention_impl: str = "auto"
   remat: str = "none"
   scan_layers: bool = False
+  fp8: bool = False
 
   def __post_init__(self):
     self._validate_common()

@@ -133,6 +133,31 @@ def test_gradient_accumulation_equals_the_whole_batch(megabyte_cfg):
 
 
 @needs_8
+def test_an_fp8_model_trains_on_a_data_fsdp_tensor_mesh(megabyte_cfg):
+  """`model.fp8` on a (2, 2, 2) mesh: the first step takes the single-device fp8 step (the
+  per-tensor amax is exact under any split; sharded matmuls add their partial sums in
+  another order, which could move a value across an FP8 rounding boundary, hence looser
+  tolerances than the bf16/float32 tests above), and the loss falls over three steps."""
+  model, optimizer, tokens = Megabyte(megabyte_cfg.replace(fp8=True)), optax.sgd(0.5), _tokens()
+  ref_metrics, ref_state = _reference_step(model, tokens)
+  mesh = _mesh((2, 2, 2))
+  shardings = state_lib.state_shardings(model, 32, optimizer, mesh)
+  state = state_lib.create_train_state(model, 32, optimizer, jax.random.key(0), shardings)
+  step = make_train_step(model, optimizer, 0, False, mesh=mesh, state_sharding=shardings)
+  batch = sharding.shard_batch(tokens, sharding.batch_sharding(mesh))
+  losses = []
+  for i in range(3):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+    if i == 0:
+      assert losses[0] == pytest.approx(ref_metrics["loss"], rel=1e-4)
+      assert float(metrics["grad_norm"]) == pytest.approx(ref_metrics["grad_norm"], rel=1e-3)
+      for got, want in zip(_leaves(state.params), _leaves(ref_state.params)):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+  assert losses[2] < losses[1] < losses[0]
+
+
+@needs_8
 def test_parameters_and_optimizer_state_are_split_as_the_rules_say(megabyte_cfg):
   mesh = _mesh((2, 2, 2))
   model, optimizer = Megabyte(megabyte_cfg), optax.adamw(1e-3)

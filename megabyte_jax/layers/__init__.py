@@ -37,6 +37,8 @@ Layout (data flow, bottom up):
   norms          Norm / make_norm / fold_norm
   kvcache        KVCache, CACHE_AXES, init_stack_cache
   token_shift    token_shift, previous_shift_rows
+  fp8            fp8_einsum (FP8 matmuls, direct per-tensor scaling), dense_einsum (a block's
+                 projection, in FP8 with `StackSpec.fp8`)
   attention      CausalSelfAttention and its implementations
   local_attention, fused_decode   Pallas kernels (training patches; one-byte decoding)
   blocks         Mlp, Block, TransformerStack
@@ -48,8 +50,9 @@ from megabyte_jax.layers.spec import (ACT_SEQ, Mode, StackSpec)
 from megabyte_jax.layers.norms import (Norm, fold_norm, make_norm)
 from megabyte_jax.layers.kvcache import (CACHE_AXES, KVCache, cross_patch_cache_len, init_stack_cache)
 from megabyte_jax.layers.token_shift import (previous_shift_rows, token_shift)
+from megabyte_jax.layers.fp8 import (dense_einsum, fp8_einsum)
 from megabyte_jax.layers.attention import (CausalSelfAttention, ROTARY_BASE, apply_rotary, choose_attention_impl, sharded_patch_attention, short_causal_attention)
 from megabyte_jax.layers.blocks import (Block, FusedStack, decoding_params, Mlp, TransformerStack, remat_policy, stack_block_params, unstack_block_params)
 from megabyte_jax.layers.byte_io import (ByteEmbed, ByteHead, CausalConvEncoder, byte_embedding, shift_right)
 
-__all__ = ['ACT_SEQ', 'Mode', 'Block', 'FusedStack', 'decoding_params', 'ByteEmbed', 'ByteHead', 'CACHE_AXES', 'CausalConvEncoder', 'CausalSelfAttention', 'Initializer', 'KVCache', 'Mlp', 'Norm', 'ROTARY_BASE', 'StackSpec', 'TransformerStack', 'apply_rotary', 'byte_embedding', 'choose_attention_impl', 'cross_patch_cache_len', 'dense_init', 'embedding_init', 'fold_norm', 'init_stack_cache', 'make_norm', 'previous_shift_rows', 'remat_policy', 'sharded_patch_attention', 'shift_right', 'short_causal_attention', 'stack_block_params', 'token_shift', 'unstack_block_params']
+__all__ = ['ACT_SEQ', 'Mode', 'Block', 'FusedStack', 'decoding_params', 'dense_einsum', 'ByteEmbed', 'ByteHead', 'CACHE_AXES', 'CausalConvEncoder', 'CausalSelfAttention', 'Initializer', 'KVCache', 'Mlp', 'Norm', 'ROTARY_BASE', 'StackSpec', 'TransformerStack', 'apply_rotary', 'byte_embedding', 'choose_attention_impl', 'cross_patch_cache_len', 'dense_init', 'embedding_init', 'fp8_einsum', 'fold_norm', 'init_stack_cache', 'make_norm', 'previous_shift_rows', 'remat_policy', 'sharded_patch_attention', 'shift_right', 'short_causal_attention', 'stack_block_params', 'token_shift', 'unstack_block_params']

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from megabyte_jax.config import resolve_dtype
+from megabyte_jax.layers.fp8 import dense_einsum
 from megabyte_jax.layers.initializers import dense_init
 from megabyte_jax.layers.kvcache import CACHE_AXES, KVCache
 from megabyte_jax.layers.local_attention import patch_attention, patch_attention_supported
@@ -276,7 +277,7 @@ class CausalSelfAttention(nn.Module):
         (heads, head_dim, dim), param_dtype)
     w_qkv, shift = fold_norm(w_qkv, norm)                  # shift: [3, heads, head_dim]
     # qkv: [batch, length, 3, heads, head_dim]
-    qkv = jnp.einsum("btd,dchk->btchk", x, w_qkv.astype(dtype))
+    qkv = dense_einsum("btd,dchk->btchk", x, w_qkv, spec)
     if spec.use_bias:
       b_qkv = self.param("qkv_bias", nn.with_logical_partitioning(
           nn.initializers.zeros, (None, "heads", "kv")), (3, heads, head_dim), param_dtype)
@@ -304,7 +305,7 @@ class CausalSelfAttention(nn.Module):
       out = sharded_patch_attention(qkv)                # reads q, k, v from qkv in place
     else:
       out = _causal_attention(q, k, v, impl)
-    y = jnp.einsum("bthk,hkd->btd", out, w_out.astype(dtype))
+    y = dense_einsum("bthk,hkd->btd", out, w_out, spec)   # [batch, length, dim]
     if spec.use_bias:
       b_out = self.param("out_bias", nn.with_logical_partitioning(
           nn.initializers.zeros, ("embed",)), (dim,), param_dtype)

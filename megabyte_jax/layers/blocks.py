@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from megabyte_jax.config import resolve_dtype
 from megabyte_jax.layers.attention import CausalSelfAttention
+from megabyte_jax.layers.fp8 import dense_einsum
 from megabyte_jax.layers.initializers import dense_init
 from megabyte_jax.layers.kvcache import KVCache
 from megabyte_jax.layers.norms import Norm, fold_norm, make_norm
@@ -53,7 +54,7 @@ class Mlp(nn.Module):
                                      ("mlp", "embed")),
         (spec.mlp_dim, spec.dim), param_dtype)
     w_in, shift = fold_norm(w_in, norm)                     # shift: [n_in, mlp]
-    h = jnp.einsum("...d,dnf->...nf", x, w_in.astype(dtype))  # [..., n_in, mlp]
+    h = dense_einsum("...d,dnf->...nf", x, w_in, spec)       # [..., n_in, mlp]
     if spec.use_bias:
       b_in = self.param("in_bias", nn.with_logical_partitioning(
           nn.initializers.zeros, (None, "mlp")), (n_in, spec.mlp_dim), param_dtype)
@@ -64,7 +65,7 @@ class Mlp(nn.Module):
     # the matmul's output) inside its own fused kernel, instead of the forward pass writing
     # extra `[..., mlp]` intermediates for it (two passes over the widest activation saved).
     h = jax.checkpoint(functools.partial(_activate, activation=spec.activation))(h)
-    y = jnp.einsum("...f,fd->...d", h, w_out.astype(dtype))
+    y = dense_einsum("...f,fd->...d", h, w_out, spec)        # [..., dim]
     if spec.use_bias:
       y = y + self.param("out_bias", nn.with_logical_partitioning(
           nn.initializers.zeros, ("embed",)), (spec.dim,), param_dtype).astype(dtype)
@@ -266,6 +267,10 @@ def decoding_params(stack_params: Any, spec: StackSpec) -> Any:
   identity norm afterwards and casting a kernel already in the compute dtype change
   nothing), but a step then reads half-width kernels instead of folding and converting
   float32 master weights, three times the weight traffic of the matmuls themselves.
+
+  An `fp8` stack (`StackSpec.fp8`) takes the same parameters: its blocks quantize the
+  folded kernel in the compute dtype at every call (`fp8.dense_einsum`), so kernels cast
+  here give the numbers of the training forward pass.
   """
   stack_params = dict(stack_params)
   if "blocks" in stack_params:   # scan_layers: stacked blocks, a leading layer axis

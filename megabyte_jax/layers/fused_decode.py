@@ -20,8 +20,8 @@ so in float32 the fused step equals `Block` with a cache to float rounding; the 
 it in Pallas' interpreter on CPU.
 
 On GPU the kernels lower through Pallas' Triton backend. `supported` says when the fused
-path applies (a plain, unscanned stack whose sizes are powers of two, small batches); the
-decoder falls back to the XLA path otherwise, and on TPU and CPU.
+path applies (a plain, unscanned stack whose sizes are powers of two, small batches, no
+FP8); the decoder falls back to the XLA path otherwise, and on TPU and CPU.
 
 Weights are laid out once before the decoding loop (`prepare_stack`): each matmul weight is
 transposed to `[out, in]` so a program's block is contiguous along the reduction axis.
@@ -65,12 +65,13 @@ def supported(spec: StackSpec, batch: int, cache_len: int) -> bool:
   """Whether the fused kernels can run `spec`'s stack (`TransformerStack` with a `FusedStack`)
   at `batch` rows over a `cache_len` cache.
 
-  Needs a plain, unscanned stack (per-layer parameters, no cross-patch attention),
+  Needs a plain, unscanned stack (per-layer parameters, no cross-patch attention) computed
+  in the compute dtype (the kernels implement no FP8: an `fp8` stack decodes through XLA),
   power-of-two sizes (Triton blocks: width, heads, head width, MLP width and cache length)
   and at most `MAX_BATCH` rows.
   """
   return (not spec.scan_layers and 1 <= batch <= MAX_BATCH
-          and not getattr(spec, "cross_patch", 0)
+          and not getattr(spec, "cross_patch", 0) and not spec.fp8
           and all(_pow2(n) for n in (spec.dim, spec.heads, spec.head_dim, spec.mlp_dim,
                                      cache_len))
           and spec.norm in ("layernorm", "rmsnorm")

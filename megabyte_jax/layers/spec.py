@@ -46,6 +46,8 @@ class StackSpec:
     patch: the patch length of cross-patch attention (unused when `cross_patch` is 0).
     token_shift: shift half the features of each position by one position before the
       attention and the MLP of every block (`token_shift`).
+    fp8: run the four dense matmuls of every block (attention QKV and output projections,
+      MLP input and output) in FP8 with direct per-tensor scaling (`fp8.dense_einsum`).
   """
 
   dim: int
@@ -66,6 +68,7 @@ class StackSpec:
   cross_patch: int = 0
   patch: int = 0
   token_shift: bool = False
+  fp8: bool = False
 
   @property
   def mlp_dim(self) -> int:

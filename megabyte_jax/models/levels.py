@@ -55,7 +55,8 @@ def _shared(cfg) -> dict:
   return dict(mlp_ratio=cfg.mlp_ratio, activation=cfg.activation, norm=cfg.norm,
               dropout=cfg.dropout, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
               init_std=cfg.init_std, use_bias=cfg.use_bias, attention_impl=cfg.attention_impl,
-              remat=cfg.remat, scan_layers=cfg.scan_layers, token_shift=cfg.token_shift)
+              remat=cfg.remat, scan_layers=cfg.scan_layers, token_shift=cfg.token_shift,
+              fp8=cfg.fp8)
 
 
 def stack_spec(cfg: TransformerConfig) -> StackSpec:

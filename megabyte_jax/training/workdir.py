@@ -175,7 +175,8 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
 
 # Model fields that change how the model computes, not what its checkpoints hold: a resumed
 # run may change them (e.g. turn on rematerialization to fit a bigger batch).
-RUNTIME_MODEL_FIELDS = ("remat", "attention_impl", "dtype", "dropout", "embed_dropout")
+RUNTIME_MODEL_FIELDS = ("remat", "attention_impl", "dtype", "dropout", "embed_dropout",
+                        "fp8")
 
 
 def _checkpoint_fields(model_section: ml_collections.ConfigDict) -> dict:
