@@ -22,7 +22,8 @@ from megabyte_jax.training.metrics import read_metrics
 from megabyte_jax.train import train_and_evaluate
 from megabyte_jax.training.result import TrainResult
 from megabyte_jax.training.setup import TrainSetup
-from megabyte_jax.training.train_step import Training, fresh_training, make_train_step
+from megabyte_jax.training.setup import Training, fresh_training
+from megabyte_jax.training.train_step import make_train_step
 from megabyte_jax.training.train_state import (abstract_train_state, create_train_state, decay_mask,
                                       learning_rate_schedule, make_optimizer)
 from megabyte_jax.training.workdir import load_trained

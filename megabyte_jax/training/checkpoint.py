@@ -49,8 +49,15 @@ class _QuietWriteFailures(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR or "orbax" not in (record.pathname or ""):
       return True
-    message = record.getMessage()
-    return not any(m in message for m in _FULL_DISK + ("PERMISSION_DENIED",))
+    text = [record.getMessage()]
+    error = record.exc_info[1] if record.exc_info else None
+    seen = set()
+    while error is not None and id(error) not in seen:   # the message and its causes
+      seen.add(id(error))
+      text.append(f"{type(error).__name__}: {error}")
+      error = error.__cause__ or error.__context__
+    text = " ".join(text)
+    return not any(m in text for m in _FULL_DISK + ("PERMISSION_DENIED", "Permission denied"))
 
 
 logging.getLogger("absl").addFilter(_QuietWriteFailures())

@@ -4,7 +4,7 @@
     state = setup.init_state()                     # a fresh TrainState, in its shards
     state, metrics = setup.train_step(state, setup.shard_batch(local_rows))
 
-`megabyte_jax.train` (through `training.loop.train_and_evaluate`), `train_step.fresh_training`
+`megabyte_jax.train` (through `training.loop.train_and_evaluate`), `fresh_training`
 and the benchmarks (`experiments/bench/train_throughput.py`, `profile_step.py`) all build
 their model, mesh, optimizer, learning-rate schedule, state shardings and jitted steps here,
 so a benchmark times exactly the step that training runs. The checks of the config, and
@@ -15,7 +15,7 @@ gradient-accumulation microbatches), run here once, from `megabyte_jax.config_ch
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -125,3 +125,27 @@ class TrainSetup:
   def shard_batch(self, local_batch: np.ndarray) -> jax.Array:
     """The global `[batch, T]` batch from this host's rows `[batch / hosts, T]`."""
     return sharding_lib.shard_batch(local_batch, self.batch_sharding)
+
+
+class Training(NamedTuple):
+  """A model built from an experiment config, with a fresh sharded state and its step."""
+  model: nn.Module
+  model_cfg: Any
+  mesh: jax.sharding.Mesh
+  state: state_lib.TrainState
+  step: Callable
+
+
+def fresh_training(config: Any, seed: Optional[int] = None) -> Training:
+  """`config`'s model, mesh, a freshly initialized `TrainState` in its shards and the
+  jitted train step: a thin view of `TrainSetup.create(config, seed)`, the one setup
+  `megabyte_jax.train` runs (its learning-rate schedule, gradient accumulation, sharding
+  rules and batch checks). `seed` defaults to `config.seed`.
+
+  Raises:
+    ConfigError: a bad config, or a mesh that does not fit the devices, the model or the
+      batch.
+  """
+  setup = TrainSetup.create(config, seed)
+  return Training(setup.model, setup.model_cfg, setup.mesh, setup.init_state(),
+                  setup.train_step)

@@ -11,7 +11,7 @@ inside the step (a `lax.scan`), so memory holds one microbatch's activations.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -127,29 +127,3 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
       return jitted(state, tokens)
 
   return step
-
-
-class Training(NamedTuple):
-  """A model built from an experiment config, with a fresh sharded state and its step."""
-  model: nn.Module
-  model_cfg: Any
-  mesh: jax.sharding.Mesh
-  state: state_lib.TrainState
-  step: Callable
-
-
-def fresh_training(config: Any, seed: Optional[int] = None) -> Training:
-  """`config`'s model, mesh, a freshly initialized `TrainState` in its shards and the
-  jitted train step: a thin view of `setup.TrainSetup.create(config, seed)`, the one setup
-  `megabyte_jax.train` runs (its learning-rate schedule, gradient accumulation, sharding
-  rules and batch checks). `seed` defaults to `config.seed`.
-
-  Raises:
-    ConfigError: a bad config, or a mesh that does not fit the devices, the model or the
-      batch.
-  """
-  # `setup` builds on this module, so it is imported when first needed, not at the top.
-  from megabyte_jax.training.setup import TrainSetup  # pylint: disable=g-import-not-at-top
-  setup = TrainSetup.create(config, seed)
-  return Training(setup.model, setup.model_cfg, setup.mesh, setup.init_state(),
-                  setup.train_step)
