@@ -50,13 +50,13 @@ def test_time_to_quality_runs_end_to_end_against_a_given_target(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.bench.time_to_quality",
        f"--corpus={tmp_path / 'code'}", "--config=megabyte_jax/configs/tiny.py",
-       "--peer=unused", "--target=7.9", "--steps=6", "--eval_every=2",
+       "--peer=unused", "--target=7.9", "--steps=6", "--eval_every=2", "--runs=bf16_4heads",
        f"--workdir={tmp_path / 'runs'}", f"--out={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   records = [json.loads(line) for line in out.read_text().splitlines()]
   run = records[-1]
-  assert run["run"] == "bf16" and [c["step"] for c in run["curve"]] == [2, 4, 6]
+  assert run["run"] == "bf16_4heads" and [c["step"] for c in run["curve"]] == [2, 4, 6]
   first = next(c for c in run["curve"] if c["eval_bpb"] <= 7.9)
   assert run["reached"] and run["cross_step"] == first["step"] and run["seconds"] > 0
   assert run["seconds_without_compile"] < run["seconds"]
