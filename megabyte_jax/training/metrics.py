@@ -21,8 +21,8 @@ from megabyte_jax.errors import TrainingError
 METRICS_FILE = "metrics.jsonl"
 
 
-def _plain(value: Any) -> Any:
-  """Converts numpy/jax scalars to Python numbers (non-finite floats become None)."""
+def plain_value(value: Any) -> Any:
+  """Converts numpy/jax scalars to Python numbers for JSON (non-finite floats become None)."""
   if hasattr(value, "item"):
     value = value.item()
   if isinstance(value, float) and not math.isfinite(value):
@@ -76,7 +76,7 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {"step": int(step)}
-    record.update({k: _plain(v) for k, v in metrics.items()})
+    record.update({k: plain_value(v) for k, v in metrics.items()})
     try:
       if self._lines is not None:
         self._lines.append(json.dumps(record) + "\n")

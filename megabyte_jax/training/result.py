@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Iterator, Mapping, Optional
 
 from megabyte_jax.errors import TrainingError
 from megabyte_jax.training import workdir as workdir_lib
+from megabyte_jax.training.metrics import plain_value
 
 RESULT_FILE = "result.json"
 
@@ -80,7 +80,7 @@ class TrainResult(Mapping):
 
   def to_json(self) -> str:
     """The record as one JSON object (non-finite numbers as null)."""
-    return json.dumps({k: _plain(v) for k, v in self.items()}, indent=2) + "\n"
+    return json.dumps({k: plain_value(v) for k, v in self.items()}, indent=2) + "\n"
 
   @classmethod
   def from_json(cls, text: str) -> "TrainResult":
@@ -121,12 +121,3 @@ class TrainResult(Mapping):
 def result_path(workdir: workdir_lib.PathLike) -> str:
   """Path of the result record inside `workdir`."""
   return os.fspath(workdir_lib.as_path(workdir) / RESULT_FILE)
-
-
-def _plain(value: Any) -> Any:
-  """Python numbers for numpy / jax scalars; None for non-finite floats."""
-  if hasattr(value, "item"):
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
