@@ -484,7 +484,7 @@ def test_random_faults_over_train_stop_corrupt_resume_lose_nothing_and_never_nan
   rng = np.random.default_rng(23)
   workdir = str(tmp_path / "run")
   target, intact = 0, None
-  for round_ in range(6):
+  for round_ in range(4):
     target += 4
     config = _config(corpus, steps=target)
     config.train.update(checkpoint_every=2, keep_checkpoints=2)
