@@ -265,7 +265,7 @@ class Megabyte(nn.Module):
   def _patches(self, x: jax.Array) -> jax.Array:
     """Byte features `[batch, n * P, D_E]` -> the global model's patch vectors `[batch, n,
     global_dim]`: concatenated per patch, through the `PatchProjection` when configured."""
-    batch, length, de = x.shape
+    batch, length, _ = x.shape
     x = x.reshape(batch, length // self.config.patch_size, -1)
     if self.config.patch_embed == "linear":
       x = self.patch_embed(x)
