@@ -153,6 +153,11 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.train.b2 = 0.95
   config.train.eps = 1e-8
   config.train.grad_clip = 1.0            # global norm; 0 disables
+  config.train.z_loss = 0.0               # weight of mean(logsumexp(logits)^2); 0 disables
+  # Per-parameter learning-rate factors: (pattern, factor) pairs, the first pattern that
+  # matches the start of a parameter's path wins, e.g. (("local_", 2.0),) doubles the rate
+  # of every local-model parameter. Default: none.
+  config.train.lr_scales = ()
   config.train.grad_accum_steps = 1       # microbatches per update (divides batch_size)
   config.train.max_bad_steps = 20         # non-finite steps in a row (updates skipped)
                                           # before training stops

@@ -198,13 +198,17 @@ def test_learning_ablation_driver_trains_variants_through_the_cli(tmp_path):
   shutil.copy(os.path.join(stdlib, "csv.py"), corpus / "eval" / "pkg" / "csv.py")
   results = tmp_path / "results.json"
   learning_ablation.main([f"--corpus={corpus}", "--config=experiments/configs/tiny.py",
-                          "--steps=2", "--variants=base,emb1", "--lanes=2",
+                          "--steps=2", "--variants=base", "--seeds=0,1", "--lanes=2",
                           f"--workdir={tmp_path / 'runs'}", f"--results={results}"])
   rows = {r["name"]: r for r in json.loads(results.read_text())}
-  assert set(rows) == {"base", "emb1"}
+  assert set(rows) == {"base", "base@seed1"}
   for row in rows.values():
     assert row["rc"] == 0 and 0 < row["heldout_bpb"] < 9, row
   assert rows["base"]["overrides"]["model.embed_init_std"] == 0.02
+  for name, seed in (("base", 0), ("base@seed1", 1)):   # each run trained with its seed
+    saved = json.loads((tmp_path / "runs" / name / "config.json").read_text())
+    assert saved["seed"] == seed == rows[name]["seed"]
+  assert rows["base"]["heldout_bpb"] != rows["base@seed1"]["heldout_bpb"]
   with pytest.raises(SystemExit, match="unknown variant"):
     learning_ablation.main([f"--corpus={corpus}", "--variants=nope"])
 

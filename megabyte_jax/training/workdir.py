@@ -131,7 +131,8 @@ def load_config_file(path: PathLike) -> ml_collections.ConfigDict:
 
 def config_from_json_values(values: dict) -> ml_collections.ConfigDict:
   """A config from the JSON values of a saved one (`config.json`, or the config inside a
-  parameters export): the model section's arrays and `mesh_rules` back as tuples, and the
+  parameters export): the model section's arrays, `mesh_rules` and `train.lr_scales` back
+  as tuples, and the
   fields a config saved before them lacks filled in (`_fill_legacy_fields`)."""
   values = dict(values)
   if isinstance(values.get("model"), dict):
@@ -141,10 +142,17 @@ def config_from_json_values(values: dict) -> ml_collections.ConfigDict:
   if "mesh" in values:   # a run saved before `mesh_rules` existed: the defaults, overridable
     values.setdefault("mesh_rules", [])
   if isinstance(values.get("mesh_rules"), list):   # JSON has no tuples: back to pairs
-    values["mesh_rules"] = tuple(
-        tuple(tuple(v) if isinstance(v, list) else v for v in rule)
-        if isinstance(rule, list) else rule for rule in values["mesh_rules"])
+    values["mesh_rules"] = _pairs(values["mesh_rules"])
+  train = values.get("train")
+  if isinstance(train, dict) and isinstance(train.get("lr_scales"), list):
+    values["train"] = {**train, "lr_scales": _pairs(train["lr_scales"])}
   return ml_collections.ConfigDict(values)
+
+
+def _pairs(rules: list) -> tuple:
+  """JSON lists of rules (`[[name, value], ...]`) back to the tuples of pairs saved."""
+  return tuple(tuple(tuple(v) if isinstance(v, list) else v for v in rule)
+               if isinstance(rule, list) else rule for rule in rules)
 
 
 def _fill_legacy_fields(values: dict) -> None:
