@@ -41,11 +41,13 @@ _POSITIONS = ("learned", "none", "rotary")
 # The paper's own formulation of MEGABYTE (Section 2, Figure 2) where our defaults differ
 # (they follow the learning comparison with MEGABYTE-pytorch, RESULTS.md, 2026-12):
 # concatenated byte embeddings as the global input, one projection shared by the slices of
-# each global output, a pad at the start of every local patch, no token shift.
+# each global output, a pad at the start of every local patch, no token shift, learned
+# position tables.
 PAPER_FORMULATION = dict(token_shift=False, global_to_local="slice", patch_embed="concat",
-                         byte_shift="patch")
-# The defaults of the fields above and of `embed_init_std` before 2026-12: a saved config
-# without these fields (written before they existed) describes a model built this way.
+                         byte_shift="patch", positions="learned")
+# The defaults of the fields above and of `embed_init_std` before 2026-12 (`positions`:
+# before 2026-12-07): a saved config without these fields (written before they existed)
+# describes a model built this way.
 LEGACY_MEGABYTE_DEFAULTS = dict(embed_init_std=0.02, **PAPER_FORMULATION)
 LEGACY_TRANSFORMER_DEFAULTS = dict(embed_init_std=0.02, token_shift=False)
 
@@ -184,12 +186,13 @@ class MegabyteConfig(_CommonConfig):
     token_shift: before the attention and the MLP of every block, shift half of the
       features of each position by one position (the previous position's, zeros at the
       first), as MEGABYTE-pytorch does (after RWKV): a cheap width-2 causal mixing.
-    positions: how each stack knows positions. "learned" (the paper): learned position
-      tables added to the inputs (the global model's per byte of the window, each finer
-      level's per position within its parent unit). "none": no position information but
-      the causal masks and the shifts (MEGABYTE-pytorch's default). "rotary": no tables;
-      rotary embeddings (Su et al.) on the queries and keys of every attention layer, at
-      each stack's own positions (patch index, position within the patch).
+    positions: how each stack knows positions. "rotary" (the default): rotary embeddings
+      (Su et al.) on the queries and keys of every attention layer, at each stack's own
+      positions (patch index, position within the patch), and no position tables.
+      "learned" (the paper): learned position tables added to the inputs (the global
+      model's per byte of the window, each finer level's per position within its parent
+      unit). "none": no position information but the causal masks and the shifts
+      (MEGABYTE-pytorch's default).
     qk_norm: RMS-normalize each head's queries and keys (with a learned scale per channel,
       initialised to 1) before attention, which bounds the attention logits.
     tie_embeddings: predict with the local byte embedding matrix (the paper's equation)
@@ -272,7 +275,7 @@ class MegabyteConfig(_CommonConfig):
   init_std: Optional[float] = None
   embed_init_std: float = 1.0
   token_shift: bool = True
-  positions: str = "learned"
+  positions: str = "rotary"
   qk_norm: bool = False
   tie_embeddings: bool = False
   use_bias: bool = True
@@ -328,16 +331,16 @@ class MegabyteConfig(_CommonConfig):
       raise ConfigError(
           f"cross_patch must be an integer in 0..{self.local_patch_size} (the local patch "
           f"size), got {self.cross_patch!r}")
+    if self.cross_patch and self.local_attention_head_dim % 2:
+      raise ConfigError(
+          f"cross_patch uses rotary position embeddings, which need an even local head width;"
+          f" got local_attention_head_dim={self.local_attention_head_dim}")
     if self.positions == "rotary":
       head_dims = ((self.global_attention_head_dim, self.local_attention_head_dim)
                    + tuple(d // h for d, h in zip(self.mid_dims, self.mid_heads)))
       if any(d % 2 for d in head_dims):
         raise ConfigError(f"positions='rotary' needs even attention head widths, got "
                           f"{head_dims} (global, local, middle levels)")
-    if self.cross_patch and self.local_attention_head_dim % 2:
-      raise ConfigError(
-          f"cross_patch uses rotary position embeddings, which need an even local head width;"
-          f" got local_attention_head_dim={self.local_attention_head_dim}")
 
   def _validate_levels(self) -> None:
     """Checks `patch_sizes` and the `mid_*` fields of a deeper hierarchy."""
@@ -416,8 +419,8 @@ class TransformerConfig(_CommonConfig):
   """Configuration of the byte-level baseline transformer (the paper's comparison).
 
   `TransformerConfig(seq_len, dim, layers, heads)` is enough; the other fields mean what
-  they mean in `MegabyteConfig` (`positions="learned"`: one table over the window's bytes;
-  `fp8`: the four dense matmuls of every block in FP8, the
+  they mean in `MegabyteConfig`, some with other defaults (`positions="learned"`: one table
+  over the window's bytes; `fp8`: the four dense matmuls of every block in FP8, the
   embedding and byte head in `dtype`).
   """
 

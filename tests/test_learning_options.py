@@ -71,7 +71,7 @@ def test_full_projection_gives_each_local_position_the_whole_global_output():
 
 @pytest.mark.parametrize("std", [1.0, 0.02])
 def test_embed_init_std_sets_the_scale_of_embeddings_positions_and_pads(std):
-  params = nn.meta.unbox(Megabyte(CFG.replace(embed_init_std=std)).init(
+  params = nn.meta.unbox(Megabyte(CFG.replace(embed_init_std=std, positions="learned")).init(
       jax.random.key(0), jnp.zeros((1, 32), jnp.int32)))["params"]
   for leaf in (params["local_embed"]["embedding"], params["global_embed"]["embedding"],
                params["global_pos"], params["local_pos"]):
@@ -94,7 +94,8 @@ def test_defaults_follow_the_learning_comparison_and_the_paper_stays_selectable(
 def test_weight_decay_mask_by_role():
   """Dense kernels are decayed; biases of any shape, norms, pads (and embeddings unless
   asked) are not, also with `scan_layers` (a leading layer axis on every parameter)."""
-  for cfg in (CFG, CFG.replace(scan_layers=True)):
+  for cfg in (CFG.replace(positions="learned"),
+              CFG.replace(positions="learned", scan_layers=True)):
     params = nn.meta.unbox(Megabyte(cfg).init(jax.random.key(0),
                                               jnp.zeros((1, 32), jnp.int32)))["params"]
     flat = jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]

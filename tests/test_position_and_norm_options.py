@@ -13,10 +13,12 @@ import pytest
 
 from megabyte_jax import config_checks
 from megabyte_jax import ByteTransformer, Megabyte, MegabyteConfig, TransformerConfig
+from megabyte_jax.config import PAPER_FORMULATION
 from megabyte_jax.errors import ConfigError
 from megabyte_jax.experiment import base_config
 from megabyte_jax.inference.generation import DecodeOptions, cached_logits
 from megabyte_jax.layers import fused_decode
+from megabyte_jax.models import build_model
 from megabyte_jax.layers.attention import normalize_and_rotate, rms_normalize
 from megabyte_jax.models.levels import level_specs
 from megabyte_jax.training.train_state import (TrainState, decay_mask,
@@ -44,11 +46,15 @@ def _names(params):
   return {param_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
-def test_learned_positions_are_the_default_and_other_settings_drop_the_tables():
-  assert CFG.positions == "learned" and TCFG.positions == "learned" and not CFG.qk_norm
+def test_position_tables_only_with_learned_positions():
+  """MEGABYTE defaults to rotary positions, the byte Transformer to learned ones (the
+  paper's formulation keeps learned tables); only "learned" creates tables."""
+  assert (CFG.positions, TCFG.positions, CFG.qk_norm) == ("rotary", "learned", False)
+  assert CFG.replace(**PAPER_FORMULATION).positions == "learned"
   for cfg, tables in ((CFG, {"global_pos", "local_pos"}), (TCFG, {"pos"})):
     model_cls = Megabyte if isinstance(cfg, MegabyteConfig) else ByteTransformer
-    assert tables <= _names(_shapes(model_cls(cfg))["params"])
+    learned = cfg.replace(positions="learned")
+    assert tables <= _names(_shapes(model_cls(learned))["params"])
     for positions in ("none", "rotary"):
       names = _names(_shapes(model_cls(cfg.replace(positions=positions)))["params"])
       assert not tables & names, positions
@@ -243,3 +249,33 @@ def test_an_empty_lr_scales_keeps_the_optimizer_of_before():
       mask=functools.partial(decay_mask, rule="kernels")))
   assert jax.tree_util.tree_structure(without) == jax.tree_util.tree_structure(
       before.init(params))
+
+
+@pytest.mark.parametrize("options", [dict(positions="learned"), dict(positions="none"),
+                                     dict(positions="rotary", qk_norm=True)])
+def test_flops_count_the_parameters_each_option_creates(options):
+  from megabyte_jax.flops import model_cost
+  for cfg, model_cls in ((CFG.replace(**options), Megabyte),
+                         (TCFG.replace(**options), ByteTransformer)):
+    created = sum(x.size for x in jax.tree_util.tree_leaves(_shapes(model_cls(cfg))))
+    assert created == model_cost(cfg).params, (model_cls.__name__, options)
+
+
+def test_a_config_saved_before_positions_existed_loads_with_learned_positions(tmp_path):
+  """A run saved with the 2026-12 defaults but before `positions` existed (no such field in
+  its config.json) trained learned position tables: it loads as that model."""
+  import json
+  from megabyte_jax.training.workdir import config_path, load_config, save_config
+  config = base_config("megabyte", **{k: getattr(CFG, k) for k in (
+      "seq_len", "patch_size", "global_dim", "global_layers", "global_heads", "local_dim",
+      "local_layers", "local_heads")})
+  workdir = str(tmp_path / "run")
+  save_config(workdir, config)
+  path = config_path(workdir)
+  values = json.loads(open(path).read())
+  del values["model"]["positions"], values["model"]["qk_norm"]
+  open(path, "w").write(json.dumps(values))
+  loaded = load_config(workdir)
+  _, model_cfg = build_model(loaded.model)
+  assert (model_cfg.positions, model_cfg.qk_norm) == ("learned", False)
+  assert model_cfg.embed_init_std == 1.0 and model_cfg.token_shift   # of 2026-12
