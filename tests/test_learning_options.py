@@ -127,7 +127,8 @@ def test_a_checkpoint_from_before_the_new_options_still_loads_and_computes_the_s
   for key, value in LEGACY_MEGABYTE_DEFAULTS.items():
     assert config.model[key] == value
   assert config.train.weight_decay_mask == "ndim"
-  _, model, params, step = load_trained(workdir)
+  loaded = load_trained(workdir)
+  model, params, step = loaded.model, loaded.params, loaded.step
   assert step == 4
   text = open(os.path.join(LEGACY_RUN, "expected_input.bin"), "rb").read()
   tokens = np.frombuffer(text, np.uint8).astype(np.int32)[None]

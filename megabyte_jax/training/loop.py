@@ -30,10 +30,12 @@ from megabyte_jax.errors import ConfigError, MegabyteError, Preempted, TrainingE
 from megabyte_jax.inference import sampling
 from megabyte_jax.inference import scoring as evaluate_lib
 from megabyte_jax.training import checkpoint as checkpoint_lib
+from megabyte_jax.training import history
 from megabyte_jax.training import metrics as metrics_lib
 from megabyte_jax.training import workdir as workdir_lib
 from megabyte_jax.training import workdir_lock
 from megabyte_jax.training.losses import LN2
+from megabyte_jax.training.progress import Progress
 from megabyte_jax.training.result import TrainResult
 from megabyte_jax.training.setup import TrainSetup
 
@@ -82,48 +84,18 @@ class _StopRequest:
     self._previous = {}
 
 
-class _Progress:
-  """A tqdm bar (or plain lines) showing step, bytes/s and train bpb; silent when not
-  `enabled` (every process but the first of a multi-host run)."""
-
-  def __init__(self, bar: bool, start: int, total: int, enabled: bool = True):
-    self._bar = None
-    self._enabled = enabled
-    if bar and enabled:
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                       file=sys.stderr)
-
-  def update(self, n: int, step: Optional[int] = None, **postfix: Any) -> None:
-    """Advances the bar by `n` steps; without a bar, prints `step` and `postfix` as one
-    log line."""
-    if self._bar is not None:
-      self._bar.update(n)
-      if postfix:
-        self._bar.set_postfix(postfix, refresh=False)
-    elif self._enabled and step is not None:
-      print(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in postfix.items()), flush=True)
-
-  def write(self, line: str) -> None:
-    if self._bar is not None:
-      self._bar.write(line)
-    elif self._enabled:
-      print(line, flush=True)
-
-  def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
-
-
 def train_and_evaluate(config: Optional[ml_collections.ConfigDict], workdir: str,
                        progress: bool = False, allow_data_change: bool = False
                        ) -> TrainResult:
   """Runs (or resumes) training in `workdir`; returns the record of this invocation.
 
   `config` None continues the run saved in `workdir`; a config given for a workdir that
-  holds a run must keep its model and (unless `allow_data_change`) its data section
-  (`workdir.resolve_config`). `progress`: a tqdm bar, else a log line every
-  `train.log_every` steps.
+  holds a run must keep its model and (unless `allow_data_change`) its data section, batch
+  size and seed (`workdir.resolve_config`, `workdir.check_data_order`); what it changes is
+  recorded in the run's config history (`history.record_config`). A run that has reached
+  `train.steps` is finished (`history.finished_result`): the call says so, changes nothing
+  and returns the record of the invocation that finished it. `progress`: a tqdm bar, else a
+  log line every `train.log_every` steps.
 
   Returns a `TrainResult` (also a read-only mapping, as the dict this returned before):
   `step`, `params`, `skipped_steps`, `train_bpb` (of the last logged window), `eval_bpb`
@@ -146,6 +118,7 @@ def train_and_evaluate(config: Optional[ml_collections.ConfigDict], workdir: str
   started = time.perf_counter()
   config = workdir_lib.resolve_config(workdir, config, allow_data_change=allow_data_change)
   setup = TrainSetup.create(config)   # every config check, before anything is written
+  workdir_lib.check_data_order(workdir, config, allow_data_change)   # batches as before
   is_main = jax.process_index() == 0          # logs, metrics and config from one process
   remote = workdir_lib.is_remote(workdir)
   if is_main and remote:
@@ -155,6 +128,11 @@ def train_and_evaluate(config: Optional[ml_collections.ConfigDict], workdir: str
                                   enabled=is_main and not remote).acquire()
   had_config = workdir_lib.as_path(workdir_lib.config_path(workdir)).exists()
   try:
+    finished = history.finished_result(workdir, config)
+    if finished is not None:   # nothing to train: say so and change nothing
+      if is_main:
+        print(finished[1], flush=True)
+      return finished[0]
     result = _train_locked(setup, workdir, progress, is_main)
     result = dataclasses.replace(result, wall_s=time.perf_counter() - started)
     if is_main:
@@ -190,6 +168,11 @@ def _finish_saves(checkpointer: checkpoint_lib.Checkpointer) -> str:
   return "none" if newest is None else f"step {newest}"
 
 
+def _count(n: int, noun: str) -> str:
+  """`n` and `noun`, plural unless `n` is 1: "1 training document", "3 documents"."""
+  return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _has_checkpoints(workdir: str) -> bool:
   directory = workdir_lib.as_path(workdir) / checkpoint_lib.CHECKPOINT_SUBDIR
   try:
@@ -222,19 +205,20 @@ def _train_locked(setup: TrainSetup, workdir: str, progress: bool,
       start, state, train_iter = checkpointer.restore_latest_good(
           setup.abstract_state(), data_iterator_factory=lambda: iter(dataset))
   if is_main:
-    try:
-      workdir_lib.save_config(workdir, config)
+    try:   # the config as trained from `start` on; what changed goes to the history
+      history.record_config(workdir, config, start)
     except OSError as e:
       raise ConfigError(f"cannot write {workdir_lib.config_path(workdir)}: "
                         f"{e.strerror or e}") from e
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
   train_step, eval_step = setup.train_step, setup.eval_step
   writer = metrics_lib.MetricWriter(workdir, tensorboard=t.tensorboard, enabled=is_main)
-  bar = _Progress(progress and is_main, start, t.steps, enabled=is_main)
+  bar = Progress(progress and is_main, start, t.steps, enabled=is_main)
   train_bytes = f"{data.train_bytes:,} training bytes from " if data.train_bytes else ""
   bar.write(f"{type(model).__name__}: {num_params / 1e6:.2f}M parameters; data: "
-            f"{train_bytes}{data.train_files} training documents, "
-            f"{data.eval.num_bytes:,} validation bytes from {data.eval_files} documents; "
+            f"{train_bytes}{_count(data.train_files, 'training document')}, "
+            f"{data.eval.num_bytes:,} validation bytes from "
+            f"{_count(data.eval_files, 'document')}; "
             + (f"resuming at step {start}" if start else "starting at step 0")
             + f" of {t.steps}; workdir {workdir}; mesh {dict(mesh.shape)} over "
             f"{jax.device_count()} {jax.default_backend()} device(s), "
@@ -275,6 +259,7 @@ def _train_locked(setup: TrainSetup, workdir: str, progress: bool,
         jax.block_until_ready(step_metrics["loss"])
         compile_seconds = time.perf_counter() - window_start
         bar.write(f"first step (compilation included): {compile_seconds:.1f} s")
+        bar.first_step_done(step)   # the bar's rate and ETA leave compilation out
         timed_steps, window_start = 0, time.perf_counter()
       else:
         timed_steps += 1
@@ -308,7 +293,7 @@ def _train_locked(setup: TrainSetup, workdir: str, progress: bool,
           record["bytes_per_s"] = timed_steps * bytes_per_step / max(elapsed, 1e-9)
           postfix["bytes/s"] = f"{record['bytes_per_s']:,.0f}"
         writer.write(step, record)
-        bar.update(len(window), step=step, **postfix)
+        bar.update(step, **postfix)
         window, timed_steps = [], 0
         window_start = time.perf_counter()
       save_now = step % t.checkpoint_every == 0
