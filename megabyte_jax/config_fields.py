@@ -71,6 +71,11 @@ FIELD_HELP = {
     "train.b2": "Adam beta2",
     "train.eps": "Adam epsilon",
     "train.grad_clip": "clip gradients to this global norm (0: no clipping)",
+    "train.z_loss": "weight of the auxiliary loss mean(logsumexp(logits)^2), added to the "
+                    "objective, not to the logged loss (0: off)",
+    "train.lr_scales": "(pattern, factor) pairs: the learning rate (and weight decay) of the "
+                       "parameters whose path starts with the first matching pattern is "
+                       "multiplied by its factor, e.g. (('local_', 2.0),)",
     "train.grad_accum_steps": "microbatches per update (divides batch_size)",
     "train.max_bad_steps": "stop after this many updates in a row with a non-finite loss or "
                            "gradient (their updates are skipped)",
