@@ -42,6 +42,7 @@ RMS = {"model.norm": "rmsnorm", "model.use_bias": False}
 SEQ = {"model.byte_shift": "sequence"}
 XP = {"model.cross_patch": 8}
 TRANSFORMER = "experiments/configs/peer_match.py:transformer"
+ROPE_SWIGLU = {"model.positions": "rotary", "model.activation": "swiglu"}
 ALL = {**EMB1, **SHIFT, **FULL, **HEADS8, **WD}
 # The screen's winners together, without the token shift (which lost alone).
 BEST = {**EMB1, **LINEAR, **FULL, **HEADS8, **WD}
@@ -106,6 +107,14 @@ VARIANTS = {
     "rope_global_lr05": {"model.positions": "rotary", "train.lr_scales": (("global_", 0.5),)},
     "rope_swiglu": {"model.positions": "rotary", "model.activation": "swiglu"},
     "rope_lr1e-3": {"model.positions": "rotary", "train.learning_rate": 1e-3},
+    # Single changes on top of rotary positions and SwiGLU.
+    "rope_swiglu_local16h": {**ROPE_SWIGLU, "model.local_heads": 16},
+    "rope_swiglu_local_lr2": {**ROPE_SWIGLU, "train.lr_scales": (("local_", 2.0),)},
+    "rope_swiglu_lr2e-3": {**ROPE_SWIGLU, "train.learning_rate": 2e-3},
+    "rope_swiglu_qknorm_lr3e-3": {**ROPE_SWIGLU, "model.qk_norm": True,
+                                  "train.learning_rate": 3e-3},
+    "rope_swiglu_wd_emb": {**ROPE_SWIGLU, "train.weight_decay_mask": "kernels_embeddings"},
+    "rope_swiglu_zloss": {**ROPE_SWIGLU, "train.z_loss": 1e-4},
 }
 
 
