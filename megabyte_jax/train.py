@@ -17,7 +17,9 @@ The resolved config goes to `DIR/config.json`, checkpoints to `DIR/checkpoints` 
 automatically), metrics to `DIR/metrics.jsonl` and TensorBoard files to `DIR/tb`. At the end
 it prints the final validation bits per byte and a sampled continuation, and writes this
 invocation's record (`training.result.TrainResult`: final figures and timings) to
-`DIR/result.json`. Ctrl-C saves a checkpoint before stopping, so nothing is lost.
+`DIR/result.json`. Ctrl-C, SIGTERM or SIGHUP (a closed terminal) saves a checkpoint before
+stopping, at any moment of training, and exits with 128 + the signal's number, so nothing is
+lost.
 
 This module is the command line only; the training loop is `megabyte_jax.training.loop`
 (`train_and_evaluate`, importable from here too) and what it builds from the config is
@@ -102,7 +104,9 @@ def main(argv):
     sys.exit(128 + e.signum)
   except MegabyteError as e:
     sys.exit(f"error: {e}")
-  except KeyboardInterrupt:
+  except KeyboardInterrupt:   # Ctrl-C twice before the first step (training saves on its own)
+    print("stopped by SIGINT before training began; run again to start or resume",
+          file=sys.stderr, flush=True)
     sys.exit(130)
 
 
