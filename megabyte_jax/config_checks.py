@@ -216,29 +216,32 @@ def check_batch_bytes(field: str, rows: int, seq_len: int) -> None:
 
 
 def check_sizes(config: ml_collections.ConfigDict, seq_len: int) -> None:
-  """The arrays that the config makes the run build must be possible: a training or
-  evaluation batch of at most `MAX_ARRAY_ELEMENTS` bytes, and an input pipeline (its chunks,
-  `data.chunk_bytes` or one batch, held `data.prefetch` + 3 times per worker) and an
-  evaluation batch (8 bytes per window byte) within the memory evaluation may take
-  (`local_files.eval_memory_limit`, half of this machine's).
+  """The arrays that the config makes the run build must be possible: a training batch (a
+  host's share) or an evaluation batch of at most `MAX_ARRAY_ELEMENTS` bytes; and the input
+  pipeline (its chunks, of `data.chunk_bytes` or one batch, held `data.prefetch` + 3 times
+  per worker) and an evaluation batch (8 bytes per window byte) within the memory
+  evaluation may take (`local_files.eval_memory_limit`, half of this machine's).
 
   Raises:
     ConfigError: naming the field, the size and the limit.
   """
   from megabyte_jax.data.local_files import EVAL_BYTES_PER_BYTE, eval_memory_limit  # pylint: disable=g-import-not-at-top
   t, d = config.train, config.data
-  check_batch_bytes("train.batch_size", t.batch_size, seq_len)
+  host_rows = max(1, t.batch_size // jax.process_count())   # each host packs its share
+  check_batch_bytes("train.batch_size", host_rows, seq_len)
   check_batch_bytes("eval.batch_size", config.eval.batch_size, seq_len)
   limit = eval_memory_limit()
-  chunk = max(int(d.get("chunk_bytes", 2 ** 24)), t.batch_size * seq_len)
+  allowed = f"more than the {limit / 2**30:.1f} GiB allowed (half of this machine's memory)"
+  chunk = max(int(d.get("chunk_bytes", 2 ** 24)), host_rows * seq_len)
   held = chunk * (int(d.get("prefetch", 4)) + 3) * max(1, int(d.get("workers", 0)))
-  for field, value, need in (
-      ("data.chunk_bytes", chunk, held),
-      ("eval.batch_size", config.eval.batch_size,
-       config.eval.batch_size * seq_len * EVAL_BYTES_PER_BYTE)):
-    if need > limit:
-      raise ConfigError(f"{field}={value:,} needs about {need / 2**30:.1f} GiB, more than the "
-                        f"{limit / 2**30:.1f} GiB allowed (half of this machine's memory)")
+  if held > limit:
+    raise ConfigError(f"the input pipeline would hold about {held / 2**30:.1f} GiB (chunks of "
+                      f"{chunk:,} bytes: data.chunk_bytes or one batch, data.prefetch + 3 of "
+                      f"them per data.workers), {allowed}")
+  need = config.eval.batch_size * seq_len * EVAL_BYTES_PER_BYTE
+  if need > limit:
+    raise ConfigError(f"eval.batch_size={config.eval.batch_size:,} needs about "
+                      f"{need / 2**30:.1f} GiB, {allowed}")
 
 
 def check_sample(s: ml_collections.ConfigDict) -> None:

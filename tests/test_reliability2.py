@@ -164,8 +164,8 @@ def test_a_start_that_fails_after_validation_leaves_the_workdir_free(corpus, tmp
   assert train_and_evaluate(other, workdir)["step"] == 4
   # config.json is replaced atomically: no temporary file is left
   save_config(workdir, other)
-  assert sorted(os.listdir(workdir)) == ["checkpoints", CONFIG_FILE, "metrics.jsonl",
-                                         "result.json"]
+  assert sorted(os.listdir(workdir)) == ["checkpoints", CONFIG_FILE, "data.json",
+                                         "metrics.jsonl", "result.json"]
 
 
 # ------------------------------------------------------------------ workdir lock
@@ -571,23 +571,39 @@ def test_chmod_000_on_a_step_or_on_checkpoints_is_one_line_and_renames_nothing(
 
 
 def test_a_truncated_prepared_data_file_is_one_line_at_evaluate(tmp_path, corpus):
-  """A prepared (array_record) validation shard cut short: `evaluate` stops with one line
-  naming the dataset and what to do (before: a traceback from array_record)."""
+  """A prepared (array_record) shard cut short: a validation shard stops `evaluate`, a
+  training shard stops a resumed and a fresh training run, each with one line naming the
+  shard and what to do (before: a traceback from array_record; on resume, a blamed
+  checkpoint)."""
   workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
   run_module("megabyte_jax.train", f"--config={TINY}", f"--workdir={workdir}",
              "--config.data.name=byte_files", f"--config.data.files={corpus}",
              f"--config.data.data_dir={data_dir}", "--config.data.eval_fraction=0.4",
              "--config.train.steps=6", "--config.train.warmup_steps=1",
              "--config.sample.num_bytes=0", "--noprogress")
-  shards = [os.path.join(root, name) for root, _, names in os.walk(data_dir)
-            for name in names if "validation.array_record" in name]
-  assert shards
-  for shard in shards:
+  shards = {split: [os.path.join(root, name) for root, _, names in os.walk(data_dir)
+                    for name in names if f"{split}.array_record" in name]
+            for split in ("train", "validation")}
+  assert shards["train"] and shards["validation"]
+  for shard in shards["validation"]:
     os.truncate(shard, 5000)
   proc = run_module("megabyte_jax.evaluate", f"--workdir={workdir}", "--noprogress",
                     check=False)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: cannot read the validation split of the prepared dataset "
-                         f"'byte_files' in {data_dir}"), last
-  assert "truncated or corrupt" in last
+  assert last.startswith(f"error: the validation shard {shards['validation'][0]} of the "
+                         f"prepared dataset 'byte_files' is damaged: "), last
+  assert "truncated or corrupt" in last and "to prepare it again" in last
+  for shard in shards["train"]:
+    os.truncate(shard, os.path.getsize(shard) // 2)
+  from megabyte_jax.training.workdir import load_config
+  config = load_config(workdir)
+  config.train.steps = 8
+  for where in (workdir, str(tmp_path / "fresh")):     # a resumed run, a fresh one
+    with pytest.raises(DataError) as info:
+      train_and_evaluate(config, where)
+    message = str(info.value)
+    assert message.startswith(f"the train shard {shards['train'][0]} of the prepared "
+                              f"dataset 'byte_files' is damaged: "), message
+    assert "\n" not in message and "to prepare it again" in message
+  assert Checkpointer(workdir).all_steps() == [6]      # no checkpoint blamed or renamed

@@ -38,12 +38,44 @@ from megabyte_jax.training import metrics as metrics_lib
 from megabyte_jax.training import workdir as workdir_lib
 from megabyte_jax.training import workdir_lock
 from megabyte_jax.training.losses import LN2
-from megabyte_jax.training.progress import Progress
 from megabyte_jax.training.result import TrainResult
 from megabyte_jax.training.setup import TrainSetup
 from megabyte_jax.training.signals import STOP_SYNC_EVERY, StopNow, StopRequest
 
 __all__ = ["STOP_SYNC_EVERY", "train_and_evaluate"]
+
+
+class _Progress:
+  """A tqdm bar (or plain lines) showing step, bytes/s and train bpb; silent when not
+  `enabled` (every process but the first of a multi-host run)."""
+
+  def __init__(self, bar: bool, start: int, total: int, enabled: bool = True):
+    self._bar = None
+    self._enabled = enabled
+    if bar and enabled:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                       file=sys.stderr)
+
+  def update(self, n: int, step: Optional[int] = None, **postfix: Any) -> None:
+    """Advances the bar by `n` steps; without a bar, prints `step` and `postfix` as one
+    log line."""
+    if self._bar is not None:
+      self._bar.update(n)
+      if postfix:
+        self._bar.set_postfix(postfix, refresh=False)
+    elif self._enabled and step is not None:
+      print(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in postfix.items()), flush=True)
+
+  def write(self, line: str) -> None:
+    if self._bar is not None:
+      self._bar.write(line)
+    elif self._enabled:
+      print(line, flush=True)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
 
 
 def train_and_evaluate(config: Optional[ml_collections.ConfigDict], workdir: str,
@@ -165,15 +197,15 @@ class _Run:
       self._open(allow_data_change)
       try:
         self._train()
-      except KeyboardInterrupt:   # a second Ctrl-C, in the middle of a step
+        with self.stop.holding():
+          self._save(force=True)      # skipped when this step is saved already
+          self.checkpointer.wait()
+        signum = self.stop.agreed()
+        if signum is not None:        # a signal during the last step or its save
+          self._preempted(signum)
+        return self._finish()
+      except KeyboardInterrupt:   # a second Ctrl-C, in the middle of a step (or a log)
         self._stop_here(signal.SIGINT, consistent=not self.in_step)
-      with self.stop.holding():
-        self._save(force=True)      # skipped when this step is saved already
-        self.checkpointer.wait()
-      signum = self.stop.agreed()
-      if signum is not None:        # a signal during the last step or its save
-        self._preempted(signum)
-      return self._finish()
     finally:
       self._close()
 
@@ -209,8 +241,8 @@ class _Run:
     self.writer = metrics_lib.MetricWriter(self.workdir, tensorboard=t.tensorboard,
                                            enabled=self.is_main,
                                            resume_step=self.start)
-    self.bar = Progress(self.progress and self.is_main, self.start, t.steps,
-                        enabled=self.is_main)
+    self.bar = _Progress(self.progress and self.is_main, self.start, t.steps,
+                         enabled=self.is_main)
     self.bar.write(self._banner())
 
   def _write_records(self, data_warning: Optional[str]) -> None:

@@ -27,7 +27,8 @@ import ml_collections
 
 from megabyte_jax.data import identity as identity_lib
 from megabyte_jax.training.checkpoint import (CHECKPOINT_SUBDIR, CONFIG_COPY, LIST_ATTEMPTS,
-                                              Checkpointer, CheckpointVanished)
+                                              CheckpointAccessError, Checkpointer,
+                                              CheckpointVanished)
 from megabyte_jax.config import LEGACY_MEGABYTE_DEFAULTS, LEGACY_TRANSFORMER_DEFAULTS
 from megabyte_jax.errors import CheckpointError, ConfigError, DataError
 from megabyte_jax.models import build_model
@@ -339,9 +340,9 @@ def load_trained(workdir: PathLike, step: Optional[int] = None
     `(config, model, params, step)`: the saved config, the flax module, its parameters at
     `step` (default: the latest checkpoint) and that step.
 
-  A trainer may be saving into `workdir` meanwhile: when its retention deletes the newest
-  step while it is being read, the then newest one is read instead (a `step` asked for
-  that vanishes is a `CheckpointError`).
+  A trainer may be saving into `workdir` meanwhile: when its retention deletes the step
+  being read (the newest when it was listed), the then newest one is read instead (a `step`
+  asked for that vanishes is a `CheckpointError`).
 
   Raises:
     ConfigError: no config in `workdir`. CheckpointError: no or unreadable checkpoint.
@@ -351,17 +352,45 @@ def load_trained(workdir: PathLike, step: Optional[int] = None
   abstract = abstract_train_state(model, model_cfg.seq_len, make_optimizer(config.train))
   attempts = 0
   while True:
-    checkpointer = Checkpointer(workdir, save_every=1, keep=None)
     try:
-      newest = checkpointer.latest_step()
-      if newest is None:
-        raise CheckpointError(f"no checkpoint in {checkpointer.directory}: has training run?")
-      chosen = newest if step is None else step
-      state = checkpointer.restore(abstract, chosen)
-      return config, model, state.params, int(chosen)
+      params, chosen = _read_params(workdir, abstract, step)
+      return config, model, params, chosen
     except CheckpointVanished:
       attempts += 1
       if step is not None or attempts >= LIST_ATTEMPTS:
         raise
-    finally:
-      checkpointer.close()
+
+
+def _read_params(workdir: PathLike, abstract: Any, step: Optional[int]) -> tuple[Any, int]:
+  """`(parameters, step)` of `step` (default: the newest). A newest step that fails to read
+  while a newer one has appeared meanwhile was deleted under the reader by a trainer's
+  retention: `CheckpointVanished`."""
+  checkpointer = Checkpointer(workdir, save_every=1, keep=None)
+  try:
+    newest = checkpointer.latest_step()
+    if newest is None:
+      raise CheckpointError(f"no checkpoint in {checkpointer.directory}: has training run?")
+    chosen = newest if step is None else step
+    try:
+      return checkpointer.restore(abstract, chosen).params, int(chosen)
+    except (CheckpointVanished, CheckpointAccessError):
+      raise
+    except CheckpointError as e:
+      if step is None and _newest_step(workdir) != chosen:
+        raise CheckpointVanished(f"the checkpoint of step {chosen} was replaced while it "
+                                 f"was being read: {e}") from e
+      raise
+  finally:
+    checkpointer.close()
+
+
+def _newest_step(workdir: PathLike) -> Optional[int]:
+  """The newest step listed now (None when none, or when the listing fails)."""
+  try:
+    checkpointer = Checkpointer(workdir, save_every=1, keep=None)
+  except CheckpointError:
+    return None
+  try:
+    return checkpointer.latest_step()
+  finally:
+    checkpointer.close()
