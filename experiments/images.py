@@ -80,7 +80,8 @@ def sample_images(workdir: str, order: str, patch_size: int, canvas: int,
   import jax  # pylint: disable=g-import-not-at-top
   from megabyte_jax.inference.generation import generate  # pylint: disable=g-import-not-at-top
   from megabyte_jax.training.workdir import load_trained  # pylint: disable=g-import-not-at-top
-  _, model, params, _ = load_trained(workdir)
+  loaded = load_trained(workdir)
+  model, params = loaded.model, loaded.params
   length = canvas * canvas
   if model.config.seq_len != length:
     raise ValueError(f"the model's context ({model.config.seq_len}) is not one "

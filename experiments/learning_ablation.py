@@ -4,11 +4,14 @@ Every variant is `python -m megabyte_jax.train --config=experiments/configs/peer
 with a few `--config.` overrides (`VARIANTS`), trained for `--steps` on the same corpus and
 scored on the same held-out files; several runs share the GPU at once (`--lanes`). With
 `--peer=PATH` (MEGABYTE-pytorch's trainer, `megabyte_pytorch_train.py`) the peer is trained
-the same way beside them. Results (held-out bits per byte, wall seconds) go to
+the same way beside them. `--seeds=0,1` runs every variant (and the peer) once per seed,
+as `name@seed1` (`config.seed`; the peer's trainer gets `--seed N` for seeds other than 0,
+a flag its copy under `.peer/` must have). Results (held-out bits per byte, wall seconds) go to
 `--results` as JSON, rewritten after every finished run, so a run cut short keeps what it has.
 
     python -m experiments.learning_ablation --corpus=experiments/data/code --steps=1000 \\
-        --variants=base,emb1,shift --lanes=4 --results=ablation.json [--peer=PATH]
+        --variants=base,emb1,shift --lanes=4 --results=ablation.json [--peer=PATH] \\
+        [--seeds=0,1]
 """
 
 from __future__ import annotations
@@ -82,6 +85,27 @@ VARIANTS = {
     "transformer_emb1": {"config": TRANSFORMER, "model.embed_init_std": 1.0},
     "best_lr3e-3": _v(BEST, {"train.learning_rate": 3e-3}),
     "defaults": {},          # peer_match.py as it is (the package's current defaults)
+    # Round 3 (2026-12-07): single changes on top of `peer_match.py` (local 8 heads of 64).
+    "heads4": {"model.local_heads": 4},                   # peer_match.py before 2026-12-07
+    "local16h": {"model.local_heads": 16},
+    "nopos": {"model.positions": "none"},                 # the peer: no position information
+    "rope": {"model.positions": "rotary"},
+    "qknorm": {"model.qk_norm": True},
+    "rope_qknorm": {"model.positions": "rotary", "model.qk_norm": True},
+    "qknorm_lr3e-3": {"model.qk_norm": True, "train.learning_rate": 3e-3},
+    "zloss": {"train.z_loss": 1e-4},
+    "wd_emb": {"train.weight_decay_mask": "kernels_embeddings"},   # the peer decays tables
+    "rms_nobias": dict(RMS),
+    "local_lr2": {"train.lr_scales": (("local_", 2.0),)},
+    "global_lr05": {"train.lr_scales": (("global_", 0.5),)},
+    "lr2e-3": {"train.learning_rate": 2e-3},
+    # The screen's two winners together.
+    "rope_local_lr2": {"model.positions": "rotary", "train.lr_scales": (("local_", 2.0),)},
+    # Single changes on top of rotary positions.
+    "rope_local16h": {"model.positions": "rotary", "model.local_heads": 16},
+    "rope_global_lr05": {"model.positions": "rotary", "train.lr_scales": (("global_", 0.5),)},
+    "rope_swiglu": {"model.positions": "rotary", "model.activation": "swiglu"},
+    "rope_lr1e-3": {"model.positions": "rotary", "train.learning_rate": 1e-3},
 }
 
 
@@ -96,9 +120,14 @@ def _final_eval(workdir: str) -> dict:
   return result
 
 
-def run_variant(name: str, overrides: dict, args) -> dict:
-  """Trains one variant through the CLI; returns its result row."""
-  workdir = os.path.join(args.workdir, name)
+def _seeded(name: str, seed: int) -> str:
+  """A run's name: the variant's, with `@seedN` for seeds other than 0."""
+  return name if seed == 0 else f"{name}@seed{seed}"
+
+
+def run_variant(name: str, overrides: dict, args, seed: int = 0) -> dict:
+  """Trains one variant through the CLI (with `config.seed=seed`); returns its result row."""
+  workdir = os.path.join(args.workdir, _seeded(name, seed))
   overrides = dict(overrides)
   config = overrides.pop("config", args.config)
   cmd = [sys.executable, "-m", "megabyte_jax.train", f"--config={config}",
@@ -108,11 +137,12 @@ def run_variant(name: str, overrides: dict, args) -> dict:
          f"--config.train.steps={args.steps}",
          f"--config.train.warmup_steps={max(1, int(0.05 * args.steps))}",
          f"--config.train.checkpoint_every={args.steps}", "--config.train.eval_every=0",
-         "--config.sample.num_bytes=0"]
+         "--config.sample.num_bytes=0", f"--config.seed={seed}"]
   cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
   start = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  row = {"name": name, "overrides": overrides, "steps": args.steps,
+  row = {"name": _seeded(name, seed), "seed": seed, "overrides": overrides,
+         "steps": args.steps,
          "wall_s": round(time.perf_counter() - start, 1), "rc": proc.returncode}
   if proc.returncode == 0:
     final = _final_eval(workdir)
@@ -127,17 +157,19 @@ def run_variant(name: str, overrides: dict, args) -> dict:
   return row
 
 
-def run_peer(args) -> dict:
-  """Trains MEGABYTE-pytorch with its trainer on the same corpus and steps."""
+def run_peer(args, seed: int = 0) -> dict:
+  """Trains MEGABYTE-pytorch with its trainer on the same corpus and steps (`--seed` is
+  passed for seeds other than 0: the trainer's own seed is 0)."""
   cmd = [sys.executable, args.peer, "--train", os.path.join(args.corpus, "train"),
          "--heldout", os.path.join(args.corpus, "eval", "**", "*.py"),
-         "--steps", str(args.steps)]
+         "--steps", str(args.steps)] + (["--seed", str(seed)] if seed else [])
   env = dict(os.environ)
   if args.peer_path:
     env["PYTHONPATH"] = args.peer_path + os.pathsep + env.get("PYTHONPATH", "")
   start = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-  row = {"name": "peer", "steps": args.steps, "rc": proc.returncode,
+  row = {"name": _seeded("peer", seed), "seed": seed, "steps": args.steps,
+         "rc": proc.returncode,
          "wall_s": round(time.perf_counter() - start, 1)}
   lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
   if proc.returncode == 0 and lines:
@@ -155,6 +187,9 @@ def main(argv=None) -> None:
   parser.add_argument("--variants", default="base,emb1", help="names in VARIANTS, or 'all'")
   parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--lanes", type=int, default=1, help="runs at once")
+  parser.add_argument("--seeds", default="0",
+                      help="comma-separated seeds: every variant (and the peer) runs once "
+                           "per seed")
   parser.add_argument("--workdir", default="runs/learning_ablation")
   parser.add_argument("--results", default="learning_ablation.json")
   parser.add_argument("--peer", default="", help="path of megabyte_pytorch_train.py")
@@ -173,11 +208,13 @@ def main(argv=None) -> None:
       with open(args.results, "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=1)
 
+  seeds = [int(s) for s in args.seeds.split(",")]
   with concurrent.futures.ThreadPoolExecutor(args.lanes) as pool:
     jobs = []
     if args.peer:
-      jobs.append(pool.submit(run_peer, args))
-    jobs += [pool.submit(run_variant, n, VARIANTS[n], args) for n in names]
+      jobs += [pool.submit(run_peer, args, seed) for seed in seeds]
+    jobs += [pool.submit(run_variant, n, VARIANTS[n], args, seed)
+             for seed in seeds for n in names]
     for job in concurrent.futures.as_completed(jobs):
       record(job.result())
 

@@ -8,23 +8,25 @@
     prompt = jnp.asarray([list(b"def ")], jnp.int32)   # int32 [batch, L]: bytes, not str
     out = generate(model, variables, prompt, 32, jax.random.key(1))  # KV-cached sampling
 
-    config, model, params, step = load_trained("runs/default")   # a trained work directory
-    export_params("runs/default", "default.msgpack")              # parameters only, one file
-    model, params, config = load_exported("default.msgpack")
+    loaded = load_trained("runs/default")   # a trained work directory: a LoadedModel
+    loaded.model, loaded.params, loaded.config, loaded.step
+    export_params("runs/default", "default.msgpack")   # parameters only, one file
+    loaded = load_exported("default.msgpack")          # the same LoadedModel
 """
 
 from megabyte_jax.config import MegabyteConfig, TransformerConfig
 from megabyte_jax.errors import (CheckpointError, ConfigError, DataError, InputError,
-                                 MegabyteError, Preempted, TrainingError)
+                                 MegabyteError, MissingExtra, Preempted, TrainingError)
 from megabyte_jax.inference.decoding import DecodeOptions
 from megabyte_jax.inference.generation import generate
+from megabyte_jax.loaded import LoadedModel
 from megabyte_jax.models.megabyte import Megabyte
 from megabyte_jax.models.transformer import ByteTransformer
 
 __all__ = ["ByteTransformer", "CheckpointError", "ConfigError", "DataError", "DecodeOptions",
-           "InputError",
-           "Megabyte", "MegabyteConfig", "MegabyteError", "Preempted", "TrainingError",
-           "TransformerConfig", "export_params", "generate", "load_exported", "load_trained"]
+           "InputError", "LoadedModel", "Megabyte", "MegabyteConfig", "MegabyteError",
+           "MissingExtra", "Preempted", "TrainingError", "TransformerConfig", "export_params",
+           "generate", "load_exported", "load_trained"]
 __version__ = "0.1.0"
 
 # Imported on first use: they pull in Orbax and Grain, which `import megabyte_jax` need not.

@@ -36,15 +36,18 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 _GLOBAL_TO_LOCAL = ("slice", "full")
 _PATCH_EMBEDS = ("concat", "linear")
 _BYTE_SHIFTS = ("patch", "sequence")
+_POSITIONS = ("learned", "none", "rotary")
 
 # The paper's own formulation of MEGABYTE (Section 2, Figure 2) where our defaults differ
 # (they follow the learning comparison with MEGABYTE-pytorch, RESULTS.md, 2026-12):
 # concatenated byte embeddings as the global input, one projection shared by the slices of
-# each global output, a pad at the start of every local patch, no token shift.
+# each global output, a pad at the start of every local patch, no token shift, learned
+# position tables.
 PAPER_FORMULATION = dict(token_shift=False, global_to_local="slice", patch_embed="concat",
-                         byte_shift="patch")
-# The defaults of the fields above and of `embed_init_std` before 2026-12: a saved config
-# without these fields (written before they existed) describes a model built this way.
+                         byte_shift="patch", positions="learned")
+# The defaults of the fields above and of `embed_init_std` before 2026-12 (`positions`:
+# before 2026-12-07): a saved config without these fields (written before they existed)
+# describes a model built this way.
 LEGACY_MEGABYTE_DEFAULTS = dict(embed_init_std=0.02, **PAPER_FORMULATION)
 LEGACY_TRANSFORMER_DEFAULTS = dict(embed_init_std=0.02, token_shift=False)
 
@@ -120,6 +123,10 @@ class _CommonConfig:
           f"embed_init_std must be a positive number (finite), got {self.embed_init_std!r}")
     if not isinstance(self.token_shift, bool):
       raise ConfigError(f"token_shift must be True or False, got {self.token_shift!r}")
+    if self.positions not in _POSITIONS:
+      raise ConfigError(f"positions must be one of {_POSITIONS}, got {self.positions!r}")
+    if not isinstance(self.qk_norm, bool):
+      raise ConfigError(f"qk_norm must be True or False, got {self.qk_norm!r}")
 
   @property
   def compute_dtype(self) -> Any:
@@ -180,6 +187,15 @@ class MegabyteConfig(_CommonConfig):
     token_shift: before the attention and the MLP of every block, shift half of the
       features of each position by one position (the previous position's, zeros at the
       first), as MEGABYTE-pytorch does (after RWKV): a cheap width-2 causal mixing.
+    positions: how each stack knows positions. "rotary" (the default): rotary embeddings
+      (Su et al.) on the queries and keys of every attention layer, at each stack's own
+      positions (patch index, position within the patch), and no position tables.
+      "learned" (the paper): learned position tables added to the inputs (the global
+      model's per byte of the window, each finer level's per position within its parent
+      unit). "none": no position information but the causal masks and the shifts
+      (MEGABYTE-pytorch's default).
+    qk_norm: RMS-normalize each head's queries and keys (with a learned scale per channel,
+      initialised to 1) before attention, which bounds the attention logits.
     tie_embeddings: predict with the local byte embedding matrix (the paper's equation)
       instead of a separate output projection.
     use_bias: biases in dense layers.
@@ -260,6 +276,8 @@ class MegabyteConfig(_CommonConfig):
   init_std: Optional[float] = None
   embed_init_std: float = 1.0
   token_shift: bool = True
+  positions: str = "rotary"
+  qk_norm: bool = False
   tie_embeddings: bool = False
   use_bias: bool = True
   attention_impl: str = "auto"
@@ -318,6 +336,12 @@ class MegabyteConfig(_CommonConfig):
       raise ConfigError(
           f"cross_patch uses rotary position embeddings, which need an even local head width;"
           f" got local_attention_head_dim={self.local_attention_head_dim}")
+    if self.positions == "rotary":
+      head_dims = ((self.global_attention_head_dim, self.local_attention_head_dim)
+                   + tuple(d // h for d, h in zip(self.mid_dims, self.mid_heads)))
+      if any(d % 2 for d in head_dims):
+        raise ConfigError(f"positions='rotary' needs even attention head widths, got "
+                          f"{head_dims} (global, local, middle levels)")
 
   def _validate_levels(self) -> None:
     """Checks `patch_sizes` and the `mid_*` fields of a deeper hierarchy."""
@@ -396,7 +420,8 @@ class TransformerConfig(_CommonConfig):
   """Configuration of the byte-level baseline transformer (the paper's comparison).
 
   `TransformerConfig(seq_len, dim, layers, heads)` is enough; the other fields mean what
-  they mean in `MegabyteConfig` (`fp8`: the four dense matmuls of every block in FP8, the
+  they mean in `MegabyteConfig`, some with other defaults (`positions="learned"`: one table
+  over the window's bytes; `fp8`: the four dense matmuls of every block in FP8, the
   embedding and byte head in `dtype`).
   """
 
@@ -416,6 +441,8 @@ class TransformerConfig(_CommonConfig):
   init_std: Optional[float] = None
   embed_init_std: float = 0.02
   token_shift: bool = False
+  positions: str = "learned"
+  qk_norm: bool = False
   tie_embeddings: bool = False
   use_bias: bool = True
   attention_impl: str = "auto"
@@ -431,6 +458,9 @@ class TransformerConfig(_CommonConfig):
       _check_divides("dim", self.dim, "heads", self.heads)
     else:
       _check_positive_int("head_dim", self.head_dim)
+    if self.positions == "rotary" and self.attention_head_dim % 2:
+      raise ConfigError(f"positions='rotary' needs an even attention head width, got "
+                        f"{self.attention_head_dim}")
 
   @property
   def attention_head_dim(self) -> int:

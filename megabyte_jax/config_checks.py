@@ -22,6 +22,7 @@ from here, so every training-config check lives in this module.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterator, Optional, Sequence
 
 import jax
@@ -114,6 +115,39 @@ def check_decay_mask(rule: Any) -> str:
   return rule
 
 
+def check_z_loss(value: Any) -> float:
+  """`train.z_loss`: a finite weight >= 0 (0: off); returns it."""
+  value = _number("train", "z_loss", value)
+  if value < 0:
+    raise ConfigError(f"train.z_loss must be >= 0 (0 disables), got {value}")
+  return value
+
+
+def check_lr_scales(rules: Any) -> tuple[tuple[str, float], ...]:
+  """`train.lr_scales`: `(pattern, factor)` pairs, each pattern a valid regular expression
+  (matched at the start of a parameter's path) and each factor a finite number >= 0;
+  returns them as a tuple of pairs."""
+  if isinstance(rules, (str, bytes)) or not isinstance(rules, (tuple, list)):
+    raise ConfigError(f"train.lr_scales must be a tuple of (pattern, factor) pairs, got "
+                      f"{rules!r}")
+  out = []
+  for rule in rules:
+    if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
+      raise ConfigError(f"train.lr_scales: each entry must be a (pattern, factor) pair, got "
+                        f"{rule!r}")
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      raise ConfigError(f"train.lr_scales: {rule[0]!r} is not a regular expression: {e}"
+                        ) from None
+    factor = _number("train", f"lr_scales[{rule[0]!r}]", rule[1])
+    if factor < 0:
+      raise ConfigError(f"train.lr_scales: the factor of {rule[0]!r} must be >= 0, got "
+                        f"{factor}")
+    out.append((rule[0], factor))
+  return tuple(out)
+
+
 def check_grad_accum_steps(value: Any) -> int:
   """`train.grad_accum_steps`: a positive integer (microbatches per update); returns it."""
   return _integer("train", "grad_accum_steps", value, 1)
@@ -147,6 +181,7 @@ def check_optimizer(t: ml_collections.ConfigDict) -> None:
   if t.grad_clip < 0:
     raise ConfigError(f"train.grad_clip must be >= 0 (0 disables), got {t.grad_clip}")
   check_decay_mask(t.get("weight_decay_mask", "kernels"))
+  check_lr_scales(t.get("lr_scales", ()))
 
 
 def check_train(t: ml_collections.ConfigDict) -> None:
@@ -172,6 +207,7 @@ def check_train(t: ml_collections.ConfigDict) -> None:
   for name in ("weight_decay", "grad_clip"):
     if _number("train", name, t[name]) < 0:
       raise ConfigError(f"train.{name} must be >= 0, got {t[name]}")
+  check_z_loss(t.get("z_loss", 0.0))
   check_schedule(t)
   check_optimizer(t)
 

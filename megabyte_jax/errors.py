@@ -44,3 +44,8 @@ class Preempted(MegabyteError):
 
 class WorkdirLocked(MegabyteError, RuntimeError):
   """Another trainer holds the work directory's lock (`DIR/train.lock`)."""
+
+
+class MissingExtra(MegabyteError, ImportError):
+  """A feature needs an optional dependency that is not installed; the message names the
+  `pip install 'megabyte-jax[EXTRA]'` that provides it."""

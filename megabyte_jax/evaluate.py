@@ -35,6 +35,7 @@ from typing import Optional
 from absl import app, flags
 from megabyte_jax.data import load_byte_data, load_eval_files, validation_documents
 from megabyte_jax.data.local_files import check_eval_memory, read_documents, resolve_files
+from megabyte_jax import cli
 from megabyte_jax.cli import parse_flags, quiet_logging
 from megabyte_jax.errors import CheckpointError, InputError, MegabyteError
 from megabyte_jax.inference.scoring import (check_stride, evaluate_windows, make_eval_step,
@@ -114,7 +115,8 @@ def main(argv):
     if _BATCH.value is not None:   # before the checkpoint is read
       check_batch_bytes("--batch_size", _BATCH.value,
                         load_config(_WORKDIR.value).model.seq_len)
-    config, model, params, step = load_trained(_WORKDIR.value, _STEP.value)
+    loaded = load_trained(_WORKDIR.value, _STEP.value)
+    config, model, params, step = loaded.config, loaded.model, loaded.params, loaded.step
     seq_len = config.model.seq_len
     stride, strided = _STRIDE.value, _STRIDED.value
     if stride is not None and strided:
@@ -172,9 +174,24 @@ def main(argv):
   print(json.dumps(report))
 
 
+GUIDE = """\
+usage: megabyte-evaluate --workdir=DIR [--files=GLOB] [--step=N] [--stride=S | --strided]
+
+Bits per byte of a trained model (the run megabyte-train wrote to DIR, its latest or --step
+checkpoint), printed as one JSON line with bpb, bytes, files and step. Without --files it
+scores the run's validation split; with --files, every byte of every matching file (** in
+a glob recurses), each file from an empty context in windows of the model's seq_len.
+--stride=S scores with sliding windows (more left context per byte, about seq_len / S
+times the cost); --strided is the paper's strided inference (two passes, MEGABYTE only)."""
+
+
 def run(argv: Optional[list[str]] = None) -> None:
-  """The `megabyte-evaluate` command (and `python -m megabyte_jax.evaluate`)."""
+  """The `megabyte-evaluate` command (and `python -m megabyte_jax.evaluate`); `--help`
+  prints `GUIDE` and the flags."""
   define_flags()
+  if cli.wants_help(sys.argv if argv is None else argv):
+    cli.print_help(GUIDE, __name__)
+    return
   app.run(main, argv=argv, flags_parser=parse_flags)
 
 

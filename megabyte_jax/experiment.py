@@ -20,7 +20,7 @@ import importlib.util
 import os
 import re
 import typing
-from typing import Any
+from typing import Any, Optional
 
 import ml_collections
 from ml_collections import config_dict
@@ -153,6 +153,11 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.train.b2 = 0.95
   config.train.eps = 1e-8
   config.train.grad_clip = 1.0            # global norm; 0 disables
+  config.train.z_loss = 0.0               # weight of mean(logsumexp(logits)^2); 0 disables
+  # Per-parameter learning-rate factors: (pattern, factor) pairs, the first pattern that
+  # matches the start of a parameter's path wins, e.g. (("local_", 2.0),) doubles the rate
+  # of every local-model parameter. Default: none.
+  config.train.lr_scales = ()
   config.train.grad_accum_steps = 1       # microbatches per update (divides batch_size)
   config.train.max_bad_steps = 20         # non-finite steps in a row (updates skipped)
                                           # before training stops
@@ -173,3 +178,22 @@ def base_config(kind: str = "megabyte", **model_fields: Any) -> ml_collections.C
   config.sample.temperature = 0.8
   config.sample.top_k = config_dict.placeholder(int)
   return config
+
+
+def clip_warmup(config: ml_collections.ConfigDict) -> Optional[str]:
+  """Shortens a warmup as long as the run (`train.warmup_steps >= train.steps`, e.g. a
+  quick `--config.train.steps=2` on a config with 5 warmup steps) to `train.steps - 1`, in
+  place, so that the learning rate still reaches its peak and decays. Returns the note that
+  says so (None when nothing changed). The library's checks refuse such a warmup
+  (`config_checks.check_train`); the command line clips it with this note."""
+  train = config.get("train")
+  if train is None:
+    return None
+  steps, warmup = train.get("steps"), train.get("warmup_steps")
+  if not all(isinstance(v, int) and not isinstance(v, bool) for v in (steps, warmup)):
+    return None   # not numbers: left to the checks, which name the field
+  if steps < 1 or warmup < steps:
+    return None
+  train.warmup_steps = steps - 1
+  return (f"note: train.warmup_steps={warmup} is not shorter than train.steps={steps}: "
+          f"warming up over {steps - 1} step{'' if steps == 2 else 's'} instead")

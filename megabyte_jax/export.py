@@ -2,8 +2,8 @@
 
     from megabyte_jax import export_params, load_exported
     export_params("runs/default", "default.msgpack")        # the latest checkpoint's params
-    model, params, config = load_exported("default.msgpack")
-    logits = model.apply({"params": params}, tokens)
+    loaded = load_exported("default.msgpack")               # a LoadedModel
+    logits = loaded.model.apply(loaded.variables, tokens)
 
 The file is Flax msgpack (`flax.serialization`) holding the parameters (float32 as trained,
 or cast with `dtype`) and the run's config as JSON, so it rebuilds the model by itself.
@@ -16,13 +16,12 @@ import json
 import os
 from typing import Any, Optional
 
-import flax.linen as nn
 from flax import serialization
 import jax
-import ml_collections
 import numpy as np
 
 from megabyte_jax.errors import CheckpointError
+from megabyte_jax.loaded import EXPORTED_ORDER, LoadedModel
 from megabyte_jax.models import build_model
 from megabyte_jax.training.workdir import (PathLike, as_path, config_from_json_values,
                                            load_trained)
@@ -39,8 +38,9 @@ def export_params(workdir: PathLike, output: PathLike, step: Optional[int] = Non
   Raises:
     ConfigError, CheckpointError: no trained run in `workdir`.
   """
-  config, _, params, step = load_trained(workdir, step)
-  params = jax.device_get(params)
+  loaded = load_trained(workdir, step)
+  config, step = loaded.config, loaded.step
+  params = jax.device_get(loaded.params)
   if dtype is not None:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     params = jax.tree_util.tree_map(
@@ -56,8 +56,13 @@ def export_params(workdir: PathLike, output: PathLike, step: Optional[int] = Non
   return os.fspath(path)
 
 
-def load_exported(path: PathLike) -> tuple[nn.Module, Any, ml_collections.ConfigDict]:
-  """Reads a file written by `export_params`: `(model, params, config)`.
+def load_exported(path: PathLike) -> LoadedModel:
+  """Reads a file written by `export_params`.
+
+  Returns:
+    A `LoadedModel` (`.model`, `.params`, `.config`, `.step`), as `load_trained` returns.
+    Unpacking it as the tuple `(model, params, config)` still works, with a
+    `DeprecationWarning`.
 
   Raises:
     CheckpointError: the file is missing or is not such an export.
@@ -70,4 +75,5 @@ def load_exported(path: PathLike) -> tuple[nn.Module, Any, ml_collections.Config
     raise CheckpointError(f"{os.fspath(path)} is not a megabyte-jax parameters export")
   config = config_from_json_values(json.loads(values["config"]))
   model, _ = build_model(config.model)
-  return model, values["params"], config
+  return LoadedModel(model=model, params=values["params"], config=config,
+                     step=int(values.get("step", 0)), legacy_order=EXPORTED_ORDER)

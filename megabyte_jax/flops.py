@@ -83,7 +83,8 @@ def stack_params(spec: StackSpec) -> int:
     bias = spec.layers * (3 * spec.heads * spec.head_dim + spec.dim
                           + n_in * spec.mlp_dim + spec.dim)
   norms = (2 * spec.layers + 1) * _norm_params(spec)
-  return stack_matmul_params(spec) + bias + norms
+  qk_norms = spec.layers * 2 * spec.head_dim if spec.qk_norm else 0
+  return stack_matmul_params(spec) + bias + norms + qk_norms
 
 
 def _attention_flops_per_position(spec: StackSpec, context: int) -> float:
@@ -110,7 +111,8 @@ def megabyte_cost(cfg: MegabyteConfig, seq_len: Optional[int] = None) -> CostRep
   de, dl = cfg.global_embed_dim, cfg.local_dim
   gspec = levels[0].stack
   head = _head_params(dl, cfg)
-  embeddings = 256 * de + cfg.seq_len * de + cfg.global_dim
+  learned = cfg.positions == "learned"     # position tables (else none: rotary or none)
+  embeddings = 256 * de + (cfg.seq_len * de if learned else 0) + cfg.global_dim
   non_embedding = stack_params(gspec) + head
   matmul = stack_matmul_params(gspec) / units[0] + dl * 256
   attention = _attention_flops_per_position(gspec, t // units[0]) / units[0]
@@ -129,7 +131,7 @@ def megabyte_cost(cfg: MegabyteConfig, seq_len: Optional[int] = None) -> CostRep
     # level: "slice" projects one slice (width / S) per unit, "full" the whole output once
     # per parent unit into S units.
     projection = width * s * dim if cfg.global_to_local == "full" else width // s * dim
-    embeddings += 256 * (dim // u) + dim + s * dim           # byte embedding, pad, positions
+    embeddings += 256 * (dim // u) + dim + (s * dim if learned else 0)   # bytes, pad, pos
     non_embedding += stack_params(spec) + projection
     matmul += (stack_matmul_params(spec) + projection / (s if cfg.global_to_local == "full"
                                                         else 1)) / u
@@ -144,7 +146,8 @@ def transformer_cost(cfg: TransformerConfig, seq_len: Optional[int] = None) -> C
   t = seq_len or cfg.seq_len
   spec = level_specs(cfg)[0].stack
   head = _head_params(cfg.dim, cfg)
-  embeddings = 256 * cfg.dim + cfg.dim + cfg.seq_len * cfg.dim
+  embeddings = 256 * cfg.dim + cfg.dim + (cfg.seq_len * cfg.dim
+                                          if cfg.positions == "learned" else 0)
   non_embedding = stack_params(spec) + head
   matmul = 2.0 * (stack_matmul_params(spec) + cfg.dim * 256)
   attention = _attention_flops_per_position(spec, t)

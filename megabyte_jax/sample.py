@@ -41,9 +41,11 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from megabyte_jax import cli
 from megabyte_jax.cli import parse_flags, quiet_logging
 from megabyte_jax.data.local_files import _kind
 from megabyte_jax.errors import InputError, MegabyteError
+from megabyte_jax.extras import require
 from megabyte_jax.inference.generation import generate
 from megabyte_jax.training.workdir import load_trained
 
@@ -113,12 +115,13 @@ def run_files() -> tuple[tuple[str, ...], tuple[str, ...]]:
   """`(files, folders)` that training writes in its work directory: every one of them is
   the run's record, and `--output` may not replace it."""
   from megabyte_jax.training.checkpoint import CHECKPOINT_SUBDIR  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.history import HISTORY_FILE  # pylint: disable=g-import-not-at-top
   from megabyte_jax.training.metrics import METRICS_FILE  # pylint: disable=g-import-not-at-top
   from megabyte_jax.training.result import RESULT_FILE  # pylint: disable=g-import-not-at-top
   from megabyte_jax.training.workdir import CONFIG_FILE, DATA_FILE  # pylint: disable=g-import-not-at-top
   from megabyte_jax.training.workdir_lock import LOCK_FILE  # pylint: disable=g-import-not-at-top
-  return (CONFIG_FILE, DATA_FILE, METRICS_FILE, RESULT_FILE, LOCK_FILE), (CHECKPOINT_SUBDIR,
-                                                                          "tb")
+  files = (CONFIG_FILE, HISTORY_FILE, DATA_FILE, METRICS_FILE, RESULT_FILE, LOCK_FILE)
+  return files, (CHECKPOINT_SUBDIR, "tb")
 
 
 def _check_prompt_size(prompt_file: str, size: int) -> None:
@@ -133,9 +136,9 @@ def _check_prompt_size(prompt_file: str, size: int) -> None:
 
 
 def check_output_path(workdir: str, output: str) -> None:
-  """Refuses an `--output` that is one of the run's own files (`run_files`: its config,
-  data record, metrics, result, lock, checkpoints or TensorBoard events, or the temporary
-  file one is written through), which writing would destroy.
+  """Refuses an `--output` that is one of the run's own files (`run_files`: its config and
+  config history, data record, metrics, result, lock, checkpoints or TensorBoard events, or
+  the temporary file one is written through), which writing would destroy.
 
   Raises:
     InputError: naming the file.
@@ -235,8 +238,9 @@ def run_sample(workdir: str, prompt: Optional[str] = None, prompt_file: Optional
     The samples' bytes, prompt included (after a stop byte, a sample ends).
 
   Raises:
-    MegabyteError (InputError, ConfigError, CheckpointError): one-line user mistakes; the
-      prompt and the numbers are checked before the model is loaded where they can be.
+    MegabyteError (InputError, ConfigError, CheckpointError, MissingExtra): one-line user
+      mistakes; the prompt and the numbers are checked before the model is loaded where
+      they can be.
   """
   stdout = sys.stdout if stdout is None else stdout
   stderr = sys.stderr if stderr is None else stderr
@@ -249,13 +253,16 @@ def run_sample(workdir: str, prompt: Optional[str] = None, prompt_file: Optional
   png = bool(output) and output.lower().endswith(".png")
   if png and num_samples > 1:
     raise InputError("--output=*.png writes one image; use --num_samples=1")
+  if png:   # before the model loads: a missing Pillow is one line naming its extra
+    require("PIL.Image", "tfds", "PNG output (--output=*.png)")
   if output:
     check_output_path(workdir, output)
   given = read_prompt(prompt, prompt_file)
   if num_bytes is not None:
     check_sample_memory(num_samples, len(given or b"") + num_bytes)
   stops = _stop_bytes(stop_bytes)
-  config, model, params, step = load_trained(workdir, step)
+  loaded = load_trained(workdir, step)
+  config, model, params, step = loaded.config, loaded.model, loaded.params, loaded.step
   image = _image_format(config, model.config) if png else None
   if given is None:
     given = str(config.sample.prompt).encode("utf-8", "surrogateescape")
@@ -318,9 +325,24 @@ def main(argv):
     sys.exit(f"error: {e}")
 
 
+GUIDE = """\
+usage: megabyte-sample --workdir=DIR [--prompt=TEXT | --prompt_file=FILE] [--num_bytes=N]
+                       [--output=FILE] [--temperature=T --top_k=K --top_p=P --seed=S]
+
+Continues a prompt with a trained model (the run megabyte-train wrote to DIR, its latest or
+--step checkpoint) and prints the prompt and continuation as text (bytes that are not UTF-8
+shown as U+FFFD). --output=FILE writes the raw bytes instead; for a model trained on images,
+--output=NAME.png writes the image (Pillow, in the [tfds] extra). Defaults: the run's
+config.sample section (prompt, num_bytes, temperature, top_k)."""
+
+
 def run(argv: Optional[list[str]] = None) -> None:
-  """The `megabyte-sample` command (and `python -m megabyte_jax.sample`)."""
+  """The `megabyte-sample` command (and `python -m megabyte_jax.sample`); `--help` prints
+  `GUIDE` and the flags."""
   _define_flags()
+  if cli.wants_help(sys.argv if argv is None else argv):
+    cli.print_help(GUIDE, __name__)
+    return
   app.run(main, argv=argv, flags_parser=parse_flags)
 
 

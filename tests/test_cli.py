@@ -69,12 +69,17 @@ def test_evaluate_cli_defaults_to_validation_split(trained):
 
 
 def test_training_resumes_from_workdir_alone(trained, tmp_path):
+  """`--workdir` alone continues a run; this one is finished, so it says so and changes
+  nothing (a finished run is never trained, evaluated or rewritten again)."""
   import shutil
   workdir, _, _ = trained
   copy = str(tmp_path / "copy")
   shutil.copytree(workdir, copy)
+  before = {name: os.path.getmtime(os.path.join(copy, name)) for name in os.listdir(copy)}
   out = run_module("megabyte_jax.train", f"--workdir={copy}", "--noprogress")
-  assert "resuming at step 12" in out.stdout and "final eval:" in out.stdout
+  assert out.stdout.startswith(f"{copy} is finished: trained to step 12 of 12; final eval ")
+  assert "resuming" not in out.stdout and "final eval:" not in out.stdout
+  assert {name: os.path.getmtime(os.path.join(copy, name)) for name in os.listdir(copy)} == before
 
 
 @pytest.mark.parametrize("args, message", [

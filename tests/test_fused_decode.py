@@ -40,14 +40,17 @@ def _stack(spec, batch, length, seed=0):
   return stack, params, x
 
 
-@pytest.mark.parametrize("activation,norm,use_bias,mlp_ratio", [
-    ("gelu", "layernorm", True, 4), ("swiglu", "rmsnorm", True, 3),    # SwiGLU hidden: 128
-    ("relu", "layernorm", False, 4)])
-def test_fused_steps_equal_the_stack_in_float32(activation, norm, use_bias, mlp_ratio):
+@pytest.mark.parametrize("activation,norm,use_bias,mlp_ratio,options", [
+    ("gelu", "layernorm", True, 4, {}), ("swiglu", "rmsnorm", True, 3, {}),  # SwiGLU: 128
+    ("relu", "layernorm", False, 4, {}),
+    ("gelu", "layernorm", True, 4, dict(rotary=True, qk_norm=True, token_shift=True))])
+def test_fused_steps_equal_the_stack_in_float32(activation, norm, use_bias, mlp_ratio,
+                                                options):
   """Position by position, the fused step's outputs and caches equal the full causal pass
-  (and hence the XLA cached path) to float32 rounding, for every activation and norm."""
+  (and hence the XLA cached path) to float32 rounding, for every activation and norm, and
+  with rotary positions, QK-norm and the token shift."""
   spec = StackSpec(dim=64, layers=2, heads=4, head_dim=16, activation=activation, norm=norm,
-                   use_bias=use_bias, mlp_ratio=mlp_ratio)
+                   use_bias=use_bias, mlp_ratio=mlp_ratio, **options)
   batch, length = 2, 4
   stack, params, x = _stack(spec, batch, length)
   assert fused_decode.supported(spec, batch, length)

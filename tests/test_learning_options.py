@@ -71,7 +71,7 @@ def test_full_projection_gives_each_local_position_the_whole_global_output():
 
 @pytest.mark.parametrize("std", [1.0, 0.02])
 def test_embed_init_std_sets_the_scale_of_embeddings_positions_and_pads(std):
-  params = nn.meta.unbox(Megabyte(CFG.replace(embed_init_std=std)).init(
+  params = nn.meta.unbox(Megabyte(CFG.replace(embed_init_std=std, positions="learned")).init(
       jax.random.key(0), jnp.zeros((1, 32), jnp.int32)))["params"]
   for leaf in (params["local_embed"]["embedding"], params["global_embed"]["embedding"],
                params["global_pos"], params["local_pos"]):
@@ -94,7 +94,8 @@ def test_defaults_follow_the_learning_comparison_and_the_paper_stays_selectable(
 def test_weight_decay_mask_by_role():
   """Dense kernels are decayed; biases of any shape, norms, pads (and embeddings unless
   asked) are not, also with `scan_layers` (a leading layer axis on every parameter)."""
-  for cfg in (CFG, CFG.replace(scan_layers=True)):
+  for cfg in (CFG.replace(positions="learned"),
+              CFG.replace(positions="learned", scan_layers=True)):
     params = nn.meta.unbox(Megabyte(cfg).init(jax.random.key(0),
                                               jnp.zeros((1, 32), jnp.int32)))["params"]
     flat = jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]
@@ -126,7 +127,8 @@ def test_a_checkpoint_from_before_the_new_options_still_loads_and_computes_the_s
   for key, value in LEGACY_MEGABYTE_DEFAULTS.items():
     assert config.model[key] == value
   assert config.train.weight_decay_mask == "ndim"
-  _, model, params, step = load_trained(workdir)
+  loaded = load_trained(workdir)
+  model, params, step = loaded.model, loaded.params, loaded.step
   assert step == 4
   text = open(os.path.join(LEGACY_RUN, "expected_input.bin"), "rb").read()
   tokens = np.frombuffer(text, np.uint8).astype(np.int32)[None]
@@ -198,13 +200,17 @@ def test_learning_ablation_driver_trains_variants_through_the_cli(tmp_path):
   shutil.copy(os.path.join(stdlib, "csv.py"), corpus / "eval" / "pkg" / "csv.py")
   results = tmp_path / "results.json"
   learning_ablation.main([f"--corpus={corpus}", "--config=experiments/configs/tiny.py",
-                          "--steps=2", "--variants=base,emb1", "--lanes=2",
+                          "--steps=2", "--variants=base", "--seeds=0,1", "--lanes=2",
                           f"--workdir={tmp_path / 'runs'}", f"--results={results}"])
   rows = {r["name"]: r for r in json.loads(results.read_text())}
-  assert set(rows) == {"base", "emb1"}
+  assert set(rows) == {"base", "base@seed1"}
   for row in rows.values():
     assert row["rc"] == 0 and 0 < row["heldout_bpb"] < 9, row
   assert rows["base"]["overrides"]["model.embed_init_std"] == 0.02
+  for name, seed in (("base", 0), ("base@seed1", 1)):   # each run trained with its seed
+    saved = json.loads((tmp_path / "runs" / name / "config.json").read_text())
+    assert saved["seed"] == seed == rows[name]["seed"]
+  assert rows["base"]["heldout_bpb"] != rows["base@seed1"]["heldout_bpb"]
   with pytest.raises(SystemExit, match="unknown variant"):
     learning_ablation.main([f"--corpus={corpus}", "--variants=nope"])
 

@@ -147,7 +147,7 @@ def test_megabyte_parameter_structure(megabyte_cfg, paper):
     assert "patch_embed" not in params
   else:
     assert params["global_embed"]["embedding"].shape == (256, 16)  # D_L
-    assert params["global_pos"].shape == (32, 16)
+    assert "global_pos" not in params and "local_pos" not in params   # rotary positions
     assert params["patch_embed"]["proj"]["kernel"].shape == (4 * 16, 32)
     assert params["global_to_local"].shape == (32, 4, 16)          # [P*D_G, P, D_L]
   assert params["global_pad"].shape == (32,)                       # one P*D_G patch

@@ -40,7 +40,7 @@ def test_parameters_keep_their_tree_and_axis_names():
   assert state["global_model"]["block_0"]["attn"]["qkv_kernel"].get_value().shape == (16, 3, 2, 8)
   assert state["global_embed"]["embedding"].get_metadata()["out_sharding"] == ("vocab", "embed")
   specs = nnx.get_partition_spec(state)
-  assert tuple(specs["local_pos"].get_value()) == (None, "embed")
+  assert tuple(specs["local_pad"].get_value()) == ("embed",)
 
 
 def test_round_trip_to_linen_variables_and_generation():

@@ -34,7 +34,8 @@ def test_license_citation_changelog_version_and_metadata():
   assert megabyte_jax.__version__ and project["license"]["text"] == "Apache-2.0"
   assert project["authors"] and project["classifiers"] and project["urls"]
   extras = project["optional-dependencies"]
-  assert {"tfds", "experiments", "dev", "cuda12", "tpu"} <= set(extras)
+  assert {"tfds", "experiments", "dev", "cuda12", "tpu", "plot", "tensorboard",
+          "gcs"} <= set(extras)
   core = " ".join(project["dependencies"])
   for heavy in ("tensorflow-datasets", "pytest", "matplotlib", "ipykernel", "hypothesis",
                 "nbclient", "pillow", "tensorboardX"):
@@ -60,7 +61,8 @@ def test_console_scripts_name_callable_entry_points():
   import importlib
   with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
     scripts = tomllib.load(f)["project"]["scripts"]
-  assert set(scripts) == {"megabyte-train", "megabyte-evaluate", "megabyte-sample"}
+  assert set(scripts) == {"megabyte-train", "megabyte-evaluate", "megabyte-sample",
+                          "megabyte-plot"}
   for target in scripts.values():
     module, name = target.split(":")
     assert callable(getattr(importlib.import_module(module), name))
@@ -78,6 +80,7 @@ def test_import_works_without_the_optional_extras():
       "      raise ImportError('blocked: ' + name)\n"
       "sys.meta_path.insert(0, Block())\n"
       "import megabyte_jax, megabyte_jax.train, megabyte_jax.evaluate, megabyte_jax.sample\n"
+      "import megabyte_jax.plot\n"
       "import megabyte_jax.data, megabyte_jax.export\n"
       "from megabyte_jax.training.metrics import MetricWriter\n"
       "import tempfile\n"

@@ -140,7 +140,8 @@ def test_training_run_writes_metrics_checkpoints_and_sample(kind, corpus, tmp_pa
   assert [r["step"] for r in evals] == [6, 12] and evals[-1]["final"]
   assert train[-1]["train_bpb"] < train[0]["train_bpb"]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6"]
-  config, model, params, step = load_trained(workdir)
+  loaded = load_trained(workdir)
+  config, model, params, step = loaded.config, loaded.model, loaded.params, loaded.step
   assert step == 12 and config.model.kind == kind
   assert type(model).__name__ == ("Megabyte" if kind == "megabyte" else "ByteTransformer")
 
@@ -213,8 +214,8 @@ def test_resume_continues_exactly(corpus, tmp_path):
   shutil.rmtree(os.path.join(resumed, "checkpoints", "12"))
   final = train_and_evaluate(None, resumed)         # resumes from the saved config and step 6
   assert final["step"] == 12
-  _, _, params_a, _ = load_trained(straight)
-  _, _, params_b, _ = load_trained(resumed)
+  params_a = load_trained(straight).params
+  params_b = load_trained(resumed).params
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
                          params_a, params_b)
   steps = [r["step"] for r in read_metrics(resumed) if "train_bpb" in r]

@@ -176,14 +176,15 @@ def test_paper_parameter_tree_is_unchanged():
 
 def test_default_parameter_tree():
   """The defaults add the patch projection (`patch_embed="linear"`: byte embeddings of
-  `local_dim`, LayerNorm, dense, LayerNorm) and project the whole global output once per
-  local position (`global_to_local="full"`)."""
+  `local_dim`, LayerNorm, dense, LayerNorm), project the whole global output once per
+  local position (`global_to_local="full"`) and have no position tables (rotary)."""
   params = nn.meta.unbox(_variables(BASE))["params"]
-  assert set(params) == {"global_embed", "global_pos", "global_pad", "global_model",
+  assert set(params) == {"global_embed", "global_pad", "global_model",
                          "patch_embed", "global_to_local", "local_embed", "local_pad",
-                         "local_pos", "local_model", "head"}
+                         "local_model", "head"}
   assert params["global_embed"]["embedding"].shape == (256, 16)     # local_dim
-  assert params["global_pos"].shape == (T, 16)
+  learned = nn.meta.unbox(_variables(BASE.replace(positions="learned")))["params"]
+  assert learned["global_pos"].shape == (T, 16) and learned["local_pos"].shape == (4, 16)
   assert params["patch_embed"]["proj"]["kernel"].shape == (4 * 16, 32)
   assert params["patch_embed"]["in_norm"]["scale"].shape == (4 * 16,)
   assert params["patch_embed"]["out_norm"]["scale"].shape == (32,)
@@ -206,8 +207,11 @@ def test_deeper_hierarchy_parameter_names_and_shapes(paper):
     assert params["global_to_level_1"].shape == (32, 2, 16)         # [32, 2 units, 16]
     assert params["level_1_to_local"].shape == (16, 4, 16)          # [16, 4 bytes, 16]
   assert params["level_1_embed"]["embedding"].shape == (256, 4)     # 16 / 4 bytes per unit
-  assert params["level_1_pos"].shape == (2, 16)
-  assert params["local_pos"].shape == (4, 16)
+  if paper:                                      # learned positions; the default: rotary
+    assert params["level_1_pos"].shape == (2, 16)
+    assert params["local_pos"].shape == (4, 16)
+  else:
+    assert not any(name.endswith("_pos") for name in params)
   assert set(params["level_1_model"]) == {"block_0", "final_norm"}
 
 
@@ -256,7 +260,7 @@ def test_every_level_stack_is_prepared_for_decoding():
   for name in model_stacks(cfg):
     assert prepared[name]["block_0"]["mlp"]["in_kernel"].dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(prepared[name]["block_0"]["mlp_norm"]["scale"]), 1.0)
-  assert prepared["level_1_pos"].dtype == jnp.float32
+  assert prepared["level_1_pad"].dtype == jnp.float32
 
 
 def test_apply_rotary_depends_on_relative_positions_only():

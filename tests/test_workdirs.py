@@ -177,6 +177,8 @@ def test_noprogress_prints_a_line_every_log_every_steps(tiny_run):
   lines = [l for l in proc.stdout.splitlines() if l.startswith("step ")]
   assert [l.split(":")[0] for l in lines] == ["step 2", "step 4"], proc.stdout
   assert "bpb" in lines[0] and "\r" not in proc.stdout + proc.stderr
+  assert "from 1 training document, " in proc.stdout     # one file, split by bytes
+  assert "validation bytes from 1 document; " in proc.stdout
 
 
 def test_workdir_alone_continues_with_overrides_and_a_changed_corpus_is_refused(tiny_run):
@@ -204,12 +206,25 @@ def test_a_saved_config_json_is_a_config(tiny_run, tmp_path):
 def test_params_only_export_round_trips(tiny_run, tmp_path):
   import megabyte_jax
   workdir, _, _ = tiny_run
-  config, model, params, step = megabyte_jax.load_trained(workdir)
+  trained = megabyte_jax.load_trained(workdir)
+  assert isinstance(trained, megabyte_jax.LoadedModel) and trained.step >= 4
   path = megabyte_jax.export_params(workdir, str(tmp_path / "p.msgpack"))
-  model2, params2, config2 = megabyte_jax.load_exported(path)
-  assert config2.to_dict() == config.to_dict() and type(model2) is type(model)
+  exported = megabyte_jax.load_exported(path)     # the same shape as load_trained's
+  assert isinstance(exported, megabyte_jax.LoadedModel) and exported.step == trained.step
+  assert exported.config.to_dict() == trained.config.to_dict()
+  assert type(exported.model) is type(trained.model)
   tokens = np.zeros((1, 64), np.int32)
-  np.testing.assert_array_equal(model.apply({"params": params}, tokens),
-                                model2.apply({"params": params2}, tokens))
+  np.testing.assert_array_equal(trained.model.apply(trained.variables, tokens),
+                                exported.model.apply(exported.variables, tokens))
+  # The tuples these returned before still unpack, with a deprecation warning.
+  with pytest.warns(DeprecationWarning, match=r"\(config, model, params, step\)"):
+    config, model, params, step = megabyte_jax.load_trained(workdir)
+  assert (config.to_dict(), type(model), step) == (trained.config.to_dict(),
+                                                   type(trained.model), trained.step)
+  with pytest.warns(DeprecationWarning, match=r"\(model, params, config\)"):
+    model2, params2, config2 = megabyte_jax.load_exported(path)
+  assert config2 is not None and type(model2) is type(model)
+  np.testing.assert_array_equal(model2.apply({"params": params2}, tokens),
+                                trained.model.apply({"params": params}, tokens))
   small = megabyte_jax.export_params(workdir, str(tmp_path / "b.msgpack"), dtype="bfloat16")
   assert os.path.getsize(small) < os.path.getsize(path)

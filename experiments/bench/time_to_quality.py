@@ -33,14 +33,15 @@ from typing import Optional, Sequence
 from megabyte_jax.training.result import TrainResult
 
 CONFIG = "experiments/configs/peer_match.py"
-# The peer's local attention: 8 heads of 64 (peer_match.py's default is 4 heads of 64; the
-# run of 2026-12-02 in BENCHMARKS.md used that default, before these overrides were added).
-PEER_HEADS = {"model.local_heads": 8, "model.local_head_dim": 64}
+# Overrides of peer_match.py (whose local attention is the peer's 8 heads of 64; the run
+# of 2026-12-02 in BENCHMARKS.md used 4 heads, `bf16_4heads`).
 RUNS = {
-    "bf16": dict(PEER_HEADS),
-    "fp8": {**PEER_HEADS, "model.fp8": True},
-    "bf16_4heads": {},
-    "fp8_4heads": {"model.fp8": True},
+    "bf16": {},
+    "fp8": {"model.fp8": True},
+    "bf16_4heads": {"model.local_heads": 4},
+    "fp8_4heads": {"model.local_heads": 4, "model.fp8": True},
+    "rope": {"model.positions": "rotary"},
+    "rope_local_lr2": {"model.positions": "rotary", "train.lr_scales": (("local_", 2.0),)},
 }
 
 

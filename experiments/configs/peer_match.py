@@ -1,8 +1,8 @@
 """The learning comparison against MEGABYTE-pytorch (issue 20): same shape, recipe, data.
 
-Shape: 2,048-byte windows, patches of 8, global 512 x 6 layers (8 heads), local 256 x 3
-(4 heads of 64; `--config.model.local_heads=8 --config.model.local_head_dim=64` gives the
-peer's 8 heads of 64), batch 32, bf16 compute with float32 weights.
+Shape: 2,048-byte windows, patches of 8, global 512 x 6 layers (8 heads of 64), local
+256 x 3 (8 heads of 64, as the peer: an attention 512 wide inside a 256-wide model), batch
+32, bf16 compute with float32 weights.
 Recipe (the peer trainer's, `megabyte_pytorch_train.py`): AdamW, peak learning rate 1.5e-3,
 beta2 0.95, weight decay 0.1, clipping 1.0, 5% linear warmup, cosine decay to 10%, 3,000
 steps (197M bytes).
@@ -31,7 +31,7 @@ def get_config(model: str = "megabyte"):
     config = base_config(
         "megabyte", seq_len=2048, patch_size=8,
         global_dim=512, global_layers=6, global_heads=8,
-        local_dim=256, local_layers=3, local_heads=4,
+        local_dim=256, local_layers=3, local_heads=8, local_head_dim=64,
         dtype="bfloat16", param_dtype="float32")
   config.data.files = "experiments/data/code/train"
   config.data.eval_files = "experiments/data/code/eval"

@@ -7,9 +7,12 @@ here). Figures in BENCHMARKS.md before session 5 (2026-11-23) used LayerNorm wit
 (146.3M); `--config.model.norm=layernorm --config.model.use_bias=True` restores that.
 Since 2026-12 the MEGABYTE defaults of the learning comparison apply here too (RESULTS.md:
 linear patch embedder, full global-to-local projection, token shift, sequence-wide byte
-shift; 157.7M parameters); BENCHMARKS.md figures before then are of the paper's formulation,
-which `--config.model.token_shift=False --config.model.global_to_local=slice
---config.model.patch_embed=concat --config.model.byte_shift=patch` restores. This is the configuration of the speed comparisons
+shift; 157.7M parameters), and since 2026-12-07 rotary positions instead of position tables
+(153.5M parameters; `--config.model.positions=learned` restores the tables). BENCHMARKS.md
+figures before 2026-12 are of the paper's formulation, which
+`--config.model.token_shift=False --config.model.global_to_local=slice
+--config.model.patch_embed=concat --config.model.byte_shift=patch
+--config.model.positions=learned` restores. This is the configuration of the speed comparisons
 in BENCHMARKS.md (`experiments/bench/train_throughput.py`, `generate_bench.py`), runnable as
 a training run on one GPU with any of the data sources.
 """

@@ -23,6 +23,7 @@ import numpy as np
 
 from megabyte_jax.errors import DataError
 from megabyte_jax.data import identity as identity_lib
+from megabyte_jax.extras import require
 from megabyte_jax.data.local_files import (STDLIB, EvalWindows, eval_windows, read_documents,
                                            resolve_files, split_files)
 from megabyte_jax.data.pipeline import InMemorySource, document_bytes, training_batches
@@ -149,10 +150,19 @@ def _file_split(data_cfg) -> tuple[list[str], list[str], list[str]]:
   return files, train_files, eval_files
 
 
+def _builders(data_cfg) -> Any:
+  """`megabyte_jax.data.builders`, imported on first use (TFDS is slow to import).
+
+  Raises:
+    MissingExtra: TFDS (or Pillow) is not installed: one line naming the [tfds] extra.
+  """
+  return require("megabyte_jax.data.builders", "tfds", f"data.name={data_cfg.name}")
+
+
 def builder_options(data_cfg, patch_size: int) -> dict:
   """The options of `config.data` that the TFDS builder (or catalog reader) named by
   `data_cfg.name` takes; an image `patch_size` defaults to the model's patch size."""
-  from megabyte_jax.data import builders  # pylint: disable=g-import-not-at-top (TFDS is slow)
+  builders = _builders(data_cfg)
   known = builders.BUILDER_OPTIONS.get(data_cfg.name, builders.CATALOG_OPTIONS)
   options = {k: data_cfg[k] for k in known if k in data_cfg and data_cfg[k] is not None}
   if "patch_size" in known and options.get("order") == "patch":
@@ -162,7 +172,7 @@ def builder_options(data_cfg, patch_size: int) -> dict:
 
 def _builder_source(data_cfg, patch_size: int, split: str) -> Any:
   """The random-access `split` of a TFDS builder or prepared catalog dataset."""
-  from megabyte_jax.data import builders  # pylint: disable=g-import-not-at-top (TFDS is slow)
+  builders = _builders(data_cfg)
   data_dir = os.path.expanduser(data_cfg.get("data_dir") or DEFAULT_DATA_DIR)
   return builders.build_source(data_cfg.name, builder_options(data_cfg, patch_size), data_dir,
                                split)
@@ -213,6 +223,7 @@ def load_byte_data(data_cfg, seq_len: int, patch_size: int = 1) -> ByteData:
   Raises:
     DataError: unknown source, no matching files, an empty split, unreadable files, only
       empty training files, validation windows that would not fit in memory.
+    MissingExtra: a TFDS source without the [tfds] extra installed.
   """
   if data_cfg.name == LOCAL_FILES:
     # files of MAP_BYTES or more: memory-mapped

@@ -150,6 +150,27 @@ def apply_rotary(x: jax.Array, positions: jax.Array) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+def rms_normalize(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """`x [..., head_dim]` divided by its root mean square over the last axis, times `scale
+  [head_dim]` (QK-norm); computed in float32, returned in `x.dtype`."""
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  return (x32 * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def normalize_and_rotate(q: jax.Array, k: jax.Array, scales: Optional[tuple],
+                         rotary: bool, start: Any = 0) -> tuple[jax.Array, jax.Array]:
+  """Queries and keys `[batch, n, heads, head_dim]` of positions `start .. start + n - 1`:
+  QK-normed (`rms_normalize`) with `scales = (q_scale, k_scale)` when given, then rotated
+  (`apply_rotary`) when `rotary`."""
+  if scales is not None:
+    q, k = rms_normalize(q, scales[0]), rms_normalize(k, scales[1])
+  if rotary:
+    positions = start + jnp.arange(q.shape[1], dtype=jnp.int32)
+    q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+  return q, k
+
+
 def _cross_patch_mask(q_pos: jax.Array, k_pos: jax.Array, patch: int, r: int) -> jax.Array:
   """Which keys each query may see: earlier-or-same positions, from its own patch or the
   last r positions of the previous patch, never before position 0.
@@ -285,6 +306,15 @@ class CausalSelfAttention(nn.Module):
     if shift is not None:
       qkv = qkv + shift.astype(dtype)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if spec.qk_norm or (spec.rotary and not spec.cross_patch):
+      scales = None
+      if spec.qk_norm:
+        scale_init = nn.with_logical_partitioning(nn.initializers.ones, ("kv",))
+        scales = (self.param("q_norm", scale_init, (head_dim,), param_dtype),
+                  self.param("k_norm", scale_init, (head_dim,), param_dtype))
+      q, k = normalize_and_rotate(q, k, scales, spec.rotary and not spec.cross_patch,
+                                  index if mode is Mode.DECODE else 0)
+      qkv = jnp.stack([q, k, v], axis=2)        # the fused kernel reads q, k, v from qkv
     impl = choose_attention_impl(spec.attention_impl, dtype, head_dim, x.shape[1], heads)
     if impl == "pallas" and (mode is not Mode.TRAIN or spec.cross_patch):
       impl = "short"   # the kernel covers training's plain causal attention only

@@ -7,6 +7,7 @@ under a microsecond to read (BENCHMARKS.md, issue 5). This module runs one block
 one new position in four kernels plus the two cache writes:
 
   1. norm + QKV projection (+ bias)                          -> qkv  [batch, 3 * heads * head_dim]
+     (then QK-norm and rotary positions of the one row, when configured, in XLA)
   2. cached attention + output projection (+ bias) + residual -> x    [batch, dim]
   3. norm + MLP input projection (+ bias) + activation       -> h    [batch, mlp]
   4. MLP output projection (+ bias) + residual               -> x    [batch, dim]
@@ -39,6 +40,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
 from megabyte_jax.config import resolve_dtype
+from megabyte_jax.layers.attention import normalize_and_rotate
 from megabyte_jax.layers.kvcache import KVCache
 from megabyte_jax.layers.spec import Mode, StackSpec
 from megabyte_jax.layers.token_shift import previous_shift_rows, token_shift
@@ -141,6 +143,7 @@ def prepare_stack(stack_params: Any, spec: StackSpec) -> dict:
         "bin": _bias_row(mlp_p, "in_bias", n_in * mlp),
         "wmlp": mlp_p["out_kernel"].astype(dtype).T,                           # [dim, mlp]
         "bmlp": _bias_row(mlp_p, "out_bias", dim),
+        "qk_scales": (attn["q_norm"], attn["k_norm"]) if spec.qk_norm else None,
     })
   return layers
 
@@ -324,6 +327,11 @@ def block_step(layer: dict, spec: StackSpec, x: jax.Array, cache: KVCache, index
   qkv = _norm_matvec(shift(x, 0), layer["attn_norm"], layer["wqkv"], layer["bqkv"],
                      spec=spec, activation=None, n_out=3 * hk, interpret=interpret)
   new = qkv.reshape(batch, 1, 3, spec.heads, spec.head_dim)
+  if spec.qk_norm or spec.rotary:   # as `CausalSelfAttention`: a few XLA ops on one row
+    q, k = normalize_and_rotate(new[:, :, 0], new[:, :, 1], layer["qk_scales"], spec.rotary,
+                                index)
+    new = jnp.stack([q, k, new[:, :, 2]], axis=2)
+    qkv = new.reshape(batch, 3 * hk)
   cache = KVCache(
       k=jax.lax.dynamic_update_slice(cache.k, new[:, :, 1].astype(cache.k.dtype),
                                      (0, index, 0, 0)),

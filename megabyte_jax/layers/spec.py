@@ -46,6 +46,10 @@ class StackSpec:
     patch: the patch length of cross-patch attention (unused when `cross_patch` is 0).
     token_shift: shift half the features of each position by one position before the
       attention and the MLP of every block (`token_shift`).
+    rotary: rotary position embeddings on the queries and keys of every attention layer,
+      at the stack's positions (`positions="rotary"`; cross-patch attention applies its
+      own, at window positions, either way).
+    qk_norm: RMS-normalize each head's queries and keys, with a learned per-channel scale.
     fp8: run the four dense matmuls of every block (attention QKV and output projections,
       MLP input and output) in FP8 with direct per-tensor scaling (`fp8.dense_einsum`).
   """
@@ -68,6 +72,8 @@ class StackSpec:
   cross_patch: int = 0
   patch: int = 0
   token_shift: bool = False
+  rotary: bool = False
+  qk_norm: bool = False
   fp8: bool = False
 
   @property

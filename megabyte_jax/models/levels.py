@@ -56,7 +56,7 @@ def _shared(cfg) -> dict:
               dropout=cfg.dropout, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
               init_std=cfg.init_std, use_bias=cfg.use_bias, attention_impl=cfg.attention_impl,
               remat=cfg.remat, scan_layers=cfg.scan_layers, token_shift=cfg.token_shift,
-              fp8=cfg.fp8)
+              rotary=cfg.positions == "rotary", qk_norm=cfg.qk_norm, fp8=cfg.fp8)
 
 
 def stack_spec(cfg: TransformerConfig) -> StackSpec:

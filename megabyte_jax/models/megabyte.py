@@ -105,7 +105,7 @@ def previous_units(units: jax.Array, s: int, sequence: bool) -> tuple[jax.Array,
 
 
 def unit_inputs(previous: jax.Array, pad_mask: jax.Array, slots: jax.Array, embed: nn.Embed,
-                pad: jax.Array, pos: jax.Array, dtype: Any,
+                pad: jax.Array, pos: Optional[jax.Array], dtype: Any,
                 dropout: Optional[nn.Dropout] = None) -> jax.Array:
   """A level's input before its parent's slice: `where(pad_mask, pad, embed(previous)) +
   pos[slots]`, where `embed(previous)` concatenates the byte embeddings of a unit.
@@ -113,7 +113,8 @@ def unit_inputs(previous: jax.Array, pad_mask: jax.Array, slots: jax.Array, embe
   Args:
     previous: int bytes `[..., m, U]` of the unit before each of m units.
     pad_mask: bool, broadcastable to `[..., m]`: units that take the learned `pad [dim]`.
-    slots: int `[m]`, each unit's position within its parent unit (row of `pos [S, dim]`).
+    slots: int `[m]`, each unit's position within its parent unit (row of `pos [S, dim]`;
+      unused when `pos` is None: a model without learned positions).
     embed: the level's bound byte embedding (`[256, dim / U]`).
     dropout: embedding dropout, applied to the byte embeddings when given (training).
 
@@ -130,16 +131,19 @@ def unit_inputs(previous: jax.Array, pad_mask: jax.Array, slots: jax.Array, embe
   u = previous.shape[-1]
   dim = pad.shape[-1]
   if u == 1 and dropout is None:
-    rows = 257 + pos.shape[0]
+    parts = [embed.embedding, pad[None]] + ([] if pos is None else [pos])
+    table = jnp.concatenate(parts, axis=0).astype(dtype)             # [257 (+ S), dim]
     ids = jnp.where(pad_mask, 256, previous[..., 0].astype(jnp.int32))
-    two_hot = (jax.nn.one_hot(ids, rows, dtype=dtype)
-               + jax.nn.one_hot(257 + slots, rows, dtype=dtype))             # [..., m, rows]
-    table = jnp.concatenate([embed.embedding, pad[None], pos], axis=0).astype(dtype)
+    two_hot = jax.nn.one_hot(ids, table.shape[0], dtype=dtype)       # [..., m, rows]
+    if pos is not None:
+      two_hot = two_hot + jax.nn.one_hot(257 + slots, table.shape[0], dtype=dtype)
     return jnp.einsum("...r,rd->...d", two_hot, table, precision=jax.lax.Precision.HIGHEST)
   y = embed(previous).reshape(previous.shape[:-1] + (dim,))                  # [..., m, dim]
   if dropout is not None:
     y = dropout(y, deterministic=False)
   y = jnp.where(pad_mask[..., None], pad.astype(dtype), y)
+  if pos is None:
+    return y
   # pos[slots] as a one-hot matmul (exact): its gradient is a matmul, not a scatter-add.
   rows = jax.nn.one_hot(slots, pos.shape[0], dtype=dtype)
   return y + jnp.einsum("...s,sd->...d", rows, pos.astype(dtype),
@@ -202,8 +206,9 @@ class Megabyte(nn.Module):
     # The global level: byte embeddings + positions, (encoded,) concatenated per patch.
     self.global_embed = byte_embedding(de, cfg.init_std, dtype, param_dtype, None,
                                        cfg.embed_init_std)
+    learned = cfg.positions == "learned"      # else no position tables at any level
     self.global_pos = self.param("global_pos", nn.with_logical_partitioning(
-        init, (None, "embed")), (cfg.seq_len, de), param_dtype)
+        init, (None, "embed")), (cfg.seq_len, de), param_dtype) if learned else None
     if cfg.conv_kernel_sizes:                                        # Section 2.3.1
       self.patch_encoder = conv_encoder(cfg)
     if cfg.patch_embed == "linear":
@@ -230,7 +235,7 @@ class Megabyte(nn.Module):
           f"{name}_pad", nn.with_logical_partitioning(init, ("embed",)), (dim,), param_dtype))
       setattr(self, f"{name}_pos", self.param(
           f"{name}_pos", nn.with_logical_partitioning(init, (None, "embed")), (s, dim),
-          param_dtype))
+          param_dtype) if learned else None)
       setattr(self, f"{name}_model", TransformerStack(
           level.stack, fold_final_norm=level.index == len(levels) - 1))
     self.head = ByteHead(cfg.local_dim, cfg.init_std, cfg.use_bias, param_dtype)
@@ -249,14 +254,16 @@ class Megabyte(nn.Module):
                        ) -> jax.Array:
     """Byte features of the global model `[batch, L, D_E]` for bytes `tokens [batch, L]`:
     embeddings + learned positions (of window positions `start .. start + L - 1`, or
-    `positions [L]`), embedding dropout, and the convolutional encoder when configured
+    `positions [L]`; none with `positions != "learned"`), embedding dropout, and the convolutional encoder when configured
     (`valid [L]`: rows before the window start, zeroed as the encoder's padding there)."""
     cfg = self.config
-    if positions is None:
-      pos = jax.lax.dynamic_slice_in_dim(self.global_pos, start, tokens.shape[1], axis=0)
-    else:
-      pos = jnp.take(self.global_pos, positions, axis=0)
-    x = self.global_embed(tokens) + pos.astype(cfg.compute_dtype)
+    x = self.global_embed(tokens)
+    if self.global_pos is not None:
+      if positions is None:
+        pos = jax.lax.dynamic_slice_in_dim(self.global_pos, start, tokens.shape[1], axis=0)
+      else:
+        pos = jnp.take(self.global_pos, positions, axis=0)
+      x = x + pos.astype(cfg.compute_dtype)
     x = self.embed_dropout(x, deterministic=deterministic)
     if cfg.conv_kernel_sizes:
       x = self.patch_encoder(x, valid=valid)

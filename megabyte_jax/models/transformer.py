@@ -46,7 +46,8 @@ class ByteTransformer(nn.Module):
     self.pad = self.param("pad", nn.with_logical_partitioning(init, ("embed",)), (cfg.dim,),
                           param_dtype)
     self.pos = self.param("pos", nn.with_logical_partitioning(init, (None, "embed")),
-                          (cfg.seq_len, cfg.dim), param_dtype)
+                          (cfg.seq_len, cfg.dim), param_dtype) \
+        if cfg.positions == "learned" else None
     self.embed_dropout = nn.Dropout(cfg.embed_dropout)
     self.model = TransformerStack(stack_spec(cfg))
     self.head = ByteHead(cfg.dim, cfg.init_std, cfg.use_bias, param_dtype)
@@ -55,11 +56,13 @@ class ByteTransformer(nn.Module):
               deterministic: bool = True) -> jax.Array:
     """Stack inputs `[batch, n, dim]`: the embedding of the byte before each position
     (`previous [batch, n]`; the learned pad where `pad_mask`, broadcastable to `[batch, n]`)
-    plus the learned positions `start .. start + n - 1`, then embedding dropout."""
+    plus the learned positions `start .. start + n - 1` (with `positions="learned"`), then
+    embedding dropout."""
     dtype = self.config.compute_dtype
     x = jnp.where(pad_mask[..., None], self.pad.astype(dtype), self.embed(previous))
-    pos = jax.lax.dynamic_slice_in_dim(self.pos, start, previous.shape[1], axis=0)
-    x = x + pos.astype(dtype)
+    if self.pos is not None:
+      pos = jax.lax.dynamic_slice_in_dim(self.pos, start, previous.shape[1], axis=0)
+      x = x + pos.astype(dtype)
     return self.embed_dropout(x, deterministic=deterministic)
 
   def _logits(self, h: jax.Array) -> jax.Array:

@@ -34,48 +34,17 @@ from megabyte_jax.errors import ConfigError, MegabyteError, Preempted, TrainingE
 from megabyte_jax.inference import sampling
 from megabyte_jax.inference import scoring as evaluate_lib
 from megabyte_jax.training import checkpoint as checkpoint_lib
+from megabyte_jax.training import history
 from megabyte_jax.training import metrics as metrics_lib
 from megabyte_jax.training import workdir as workdir_lib
 from megabyte_jax.training import workdir_lock
 from megabyte_jax.training.losses import LN2
+from megabyte_jax.training.progress import Progress
 from megabyte_jax.training.result import TrainResult
 from megabyte_jax.training.setup import TrainSetup
 from megabyte_jax.training.signals import STOP_SYNC_EVERY, StopNow, StopRequest
 
 __all__ = ["STOP_SYNC_EVERY", "train_and_evaluate"]
-
-
-class _Progress:
-  """A tqdm bar (or plain lines) showing step, bytes/s and train bpb; silent when not
-  `enabled` (every process but the first of a multi-host run)."""
-
-  def __init__(self, bar: bool, start: int, total: int, enabled: bool = True):
-    self._bar = None
-    self._enabled = enabled
-    if bar and enabled:
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                       file=sys.stderr)
-
-  def update(self, n: int, step: Optional[int] = None, **postfix: Any) -> None:
-    """Advances the bar by `n` steps; without a bar, prints `step` and `postfix` as one
-    log line."""
-    if self._bar is not None:
-      self._bar.update(n)
-      if postfix:
-        self._bar.set_postfix(postfix, refresh=False)
-    elif self._enabled and step is not None:
-      print(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in postfix.items()), flush=True)
-
-  def write(self, line: str) -> None:
-    if self._bar is not None:
-      self._bar.write(line)
-    elif self._enabled:
-      print(line, flush=True)
-
-  def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
 
 
 def train_and_evaluate(config: Optional[ml_collections.ConfigDict], workdir: str,
@@ -84,9 +53,13 @@ def train_and_evaluate(config: Optional[ml_collections.ConfigDict], workdir: str
   """Runs (or resumes) training in `workdir`; returns the record of this invocation.
 
   `config` None continues the run saved in `workdir`; a config given for a workdir that
-  holds a run must keep its model and (unless `allow_data_change`) its data section
-  (`workdir.resolve_config`). `progress`: a tqdm bar, else a log line every
-  `train.log_every` steps.
+  holds a run must keep its model and (unless `allow_data_change`) its data section, batch
+  size and seed (`workdir.resolve_config`, `workdir.check_data_order`), and the data must be
+  the data the run was trained on (`DIR/data.json`, unless `allow_data_change`); what it
+  changes is recorded in the run's config history (`history.record_config`). A run that has
+  reached `train.steps` is finished (`history.finished_result`): the call says so, changes
+  nothing and returns the record of the invocation that finished it. `progress`: a tqdm
+  bar, else a log line every `train.log_every` steps.
 
   Returns a `TrainResult` (also a read-only mapping, as the dict this returned before):
   `step`, `params`, `skipped_steps`, `train_bpb` (of the last logged window), `eval_bpb`
@@ -110,6 +83,7 @@ def train_and_evaluate(config: Optional[ml_collections.ConfigDict], workdir: str
   started = time.perf_counter()
   config = workdir_lib.resolve_config(workdir, config, allow_data_change=allow_data_change)
   setup = TrainSetup.create(config)   # every config check, before anything is written
+  workdir_lib.check_data_order(workdir, config, allow_data_change)   # batches as before
   is_main = jax.process_index() == 0          # logs, metrics and config from one process
   remote = workdir_lib.is_remote(workdir)
   if is_main and remote:
@@ -119,6 +93,11 @@ def train_and_evaluate(config: Optional[ml_collections.ConfigDict], workdir: str
                                   enabled=is_main and not remote).acquire()
   had_config = workdir_lib.as_path(workdir_lib.config_path(workdir)).exists()
   try:
+    finished = history.finished_result(workdir, config)
+    if finished is not None:   # nothing to train: say so and change nothing
+      if is_main:
+        print(finished[1], flush=True)
+      return finished[0]
     with StopRequest() as stop:
       result = _Run(setup, workdir, progress, is_main, stop).run(allow_data_change)
     result = dataclasses.replace(result, wall_s=time.perf_counter() - started)
@@ -154,6 +133,11 @@ def _finish_saves(checkpointer: checkpoint_lib.Checkpointer) -> str:
   except MegabyteError:
     newest = None
   return "none" if newest is None else f"step {newest}"
+
+
+def _count(n: int, noun: str) -> str:
+  """`n` and `noun`, plural unless `n` is 1: "1 training document", "3 documents"."""
+  return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _has_checkpoints(workdir: str) -> bool:
@@ -241,15 +225,15 @@ class _Run:
     self.writer = metrics_lib.MetricWriter(self.workdir, tensorboard=t.tensorboard,
                                            enabled=self.is_main,
                                            resume_step=self.start)
-    self.bar = _Progress(self.progress and self.is_main, self.start, t.steps,
-                         enabled=self.is_main)
+    self.bar = Progress(self.progress and self.is_main, self.start, t.steps,
+                        enabled=self.is_main)
     self.bar.write(self._banner())
 
   def _write_records(self, data_warning: Optional[str]) -> None:
     """Writes the config and the data's identity, and cuts `metrics.jsonl` back to the
     resumed step (process 0)."""
-    try:
-      workdir_lib.save_config(self.workdir, self.config)
+    try:   # the config as trained from `start` on; what changed goes to the history
+      history.record_config(self.workdir, self.config, self.start)
       workdir_lib.save_data_identity(self.workdir, self.data.identity)
     except OSError as e:
       raise ConfigError(f"cannot write {workdir_lib.config_path(self.workdir)}: "
@@ -288,8 +272,9 @@ class _Run:
     num_params = self._num_params()
     train_bytes = f"{data.train_bytes:,} training bytes from " if data.train_bytes else ""
     return (f"{type(self.setup.model).__name__}: {num_params / 1e6:.2f}M parameters; data: "
-            f"{train_bytes}{data.train_files} training documents, "
-            f"{data.eval.num_bytes:,} validation bytes from {data.eval_files} documents; "
+            f"{train_bytes}{_count(data.train_files, 'training document')}, "
+            f"{data.eval.num_bytes:,} validation bytes from "
+            f"{_count(data.eval_files, 'document')}; "
             + (f"resuming at step {self.start}" if self.start else "starting at step 0")
             + f" of {t.steps}; workdir {self.workdir}; mesh {dict(mesh.shape)} over "
             f"{jax.device_count()} {jax.default_backend()} device(s), "
@@ -324,6 +309,7 @@ class _Run:
       jax.block_until_ready(step_metrics["loss"])
       self.compile_seconds = time.perf_counter() - self.window_start
       self.bar.write(f"first step (compilation included): {self.compile_seconds:.1f} s")
+      self.bar.first_step_done(self.step)   # the bar's rate and ETA leave compilation out
       self.timed_steps, self.window_start = 0, time.perf_counter()
     else:
       self.timed_steps += 1
@@ -354,7 +340,7 @@ class _Run:
       record["bytes_per_s"] = self.timed_steps * self._bytes_per_step() / max(elapsed, 1e-9)
       postfix["bytes/s"] = f"{record['bytes_per_s']:,.0f}"
     self.writer.write(self.step, record)
-    self.bar.update(len(self.window), step=self.step, **postfix)
+    self.bar.update(self.step, **postfix)
     self.window, self.timed_steps = [], 0
     self.window_start = time.perf_counter()
 

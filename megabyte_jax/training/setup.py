@@ -89,7 +89,8 @@ class TrainSetup:
                                                rules)
     dropout = model_cfg.dropout > 0 or model_cfg.embed_dropout > 0
     train_step = make_train_step(model, optimizer, seed, dropout, schedule,
-                                 grad_accum_steps=grad_accum, mesh=mesh,
+                                 grad_accum_steps=grad_accum,
+                                 z_loss=float(config.train.get("z_loss", 0.0)), mesh=mesh,
                                  state_sharding=state_sharding, rules=rules)
     return cls(config=config, seed=seed, model=model, model_cfg=model_cfg, mesh=mesh,
                rules=rules, optimizer=optimizer, schedule=schedule,

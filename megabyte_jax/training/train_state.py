@@ -80,17 +80,50 @@ def decay_mask(params: Any, rule: str = "kernels") -> Any:
   return jax.tree_util.tree_map_with_path(mask, params)
 
 
+def param_path(path: Any) -> str:
+  """A parameter's tree path as `name/name/...` (e.g. `local_model/block_0/attn/qkv_kernel`)."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def lr_scale(path: str, rules: Any) -> float:
+  """The learning-rate factor of the parameter at `path` under `train.lr_scales` rules
+  (`(pattern, factor)` pairs): the factor of the first pattern that matches at the start
+  of the path (`re.match`), else 1."""
+  for pattern, factor in rules:
+    if re.match(pattern, path):
+      return float(factor)
+  return 1.0
+
+
+def scale_by_lr_rules(rules: Any) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by its `lr_scale` factor: after AdamW this is a
+  per-group learning rate (the step and the decoupled weight decay both scale)."""
+  rules = config_checks.check_lr_scales(rules)
+
+  def update(updates, state, params=None):
+    del params
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda path, u: u * lr_scale(param_path(path), rules), updates)
+    return scaled, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
   """AdamW (decoupled weight decay on the parameters `decay_mask` selects by
-  `train.weight_decay_mask`) with global-norm clipping and the schedule."""
+  `train.weight_decay_mask`) with global-norm clipping, the schedule and the per-parameter
+  learning-rate factors of `train.lr_scales` (none by default)."""
   config_checks.check_optimizer(train_cfg)
   rule = train_cfg.get("weight_decay_mask", "kernels")
-  adamw = optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
-                      eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
-                      mask=functools.partial(decay_mask, rule=rule))
-  if train_cfg.grad_clip:
-    return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adamw)
-  return adamw
+  parts = [optax.clip_by_global_norm(train_cfg.grad_clip)] if train_cfg.grad_clip else []
+  parts.append(optax.adamw(learning_rate_schedule(train_cfg), b1=train_cfg.b1,
+                           b2=train_cfg.b2, eps=train_cfg.eps,
+                           weight_decay=train_cfg.weight_decay,
+                           mask=functools.partial(decay_mask, rule=rule)))
+  lr_rules = train_cfg.get("lr_scales", ())
+  if lr_rules:
+    parts.append(scale_by_lr_rules(lr_rules))
+  return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 def boxed_abstract_params(model: nn.Module, seq_len: int) -> Any:

@@ -46,7 +46,7 @@ def all_finite(tree: Any) -> jax.Array:
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
                     dropout: bool, schedule: Optional[optax.Schedule] = None, *,
-                    grad_accum_steps: int = 1,
+                    grad_accum_steps: int = 1, z_loss: float = 0.0,
                     mesh: Optional[jax.sharding.Mesh] = None,
                     state_sharding: Optional[state_lib.TrainState] = None,
                     rules: Sequence[tuple[str, Any]] = sharding_lib.LOGICAL_RULES
@@ -63,20 +63,34 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
   Args:
     grad_accum_steps: microbatches per update (must divide the batch); the update equals
       the one of the whole batch, up to float rounding.
+    z_loss: weight of the auxiliary loss `mean(logsumexp(logits) ** 2)` (PaLM's z-loss),
+      which keeps the softmax normaliser near 1; it is added to the objective that is
+      differentiated, not to the reported `loss` (0: off).
     mesh, state_sharding: shard the step over `mesh`: the state in `state_sharding` (from
       `train_state.state_shardings`), the batch split over the data axes, metrics
       replicated. Without a mesh the step runs wherever its inputs are.
     rules: logical-axis rules (default: `sharding.LOGICAL_RULES`).
   """
   config_checks.check_grad_accum_steps(grad_accum_steps)
+  config_checks.check_z_loss(z_loss)
 
   def loss_fn(params, tokens, rng):
+    """`(objective, mean nll)`: the objective adds the z-loss to the nll when it is on."""
     tokens = tokens.astype(jnp.int32)   # batches arrive as uint8 bytes
     rngs = {"dropout": rng} if dropout else None
     logits = model.apply({"params": params}, tokens, deterministic=not dropout, rngs=rngs)
-    return byte_nll(logits, tokens).mean()
+    nll = byte_nll(logits, tokens).mean()
+    if not z_loss:
+      return nll, nll
+    log_z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)        # [batch, T]
+    return nll + z_loss * jnp.mean(jnp.square(log_z)), nll
 
-  grad_fn = jax.value_and_grad(loss_fn)
+  value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def grad_fn(params, tokens, rng):
+    """`(mean nll, gradients of the objective)`."""
+    (_, nll), grads = value_and_grad(params, tokens, rng)
+    return nll, grads
 
   def accumulated(params, tokens, rng):
     """Mean loss and gradients over `grad_accum_steps` equal microbatches."""

@@ -22,7 +22,6 @@ import os
 from typing import Any, Optional, Union
 
 from etils import epath
-import flax.linen as nn
 import ml_collections
 
 from megabyte_jax.data import identity as identity_lib
@@ -31,6 +30,7 @@ from megabyte_jax.training.checkpoint import (CHECKPOINT_SUBDIR, CONFIG_COPY, LI
                                               CheckpointVanished)
 from megabyte_jax.config import LEGACY_MEGABYTE_DEFAULTS, LEGACY_TRANSFORMER_DEFAULTS
 from megabyte_jax.errors import CheckpointError, ConfigError, DataError
+from megabyte_jax.loaded import TRAINED_ORDER, LoadedModel
 from megabyte_jax.models import build_model
 from megabyte_jax.training.train_state import abstract_train_state, make_optimizer
 
@@ -225,7 +225,8 @@ def load_config_file(path: PathLike) -> ml_collections.ConfigDict:
 
 def config_from_json_values(values: dict) -> ml_collections.ConfigDict:
   """A config from the JSON values of a saved one (`config.json`, or the config inside a
-  parameters export): the model section's arrays and `mesh_rules` back as tuples, and the
+  parameters export): the model section's arrays, `mesh_rules` and `train.lr_scales` back
+  as tuples, and the
   fields a config saved before them lacks filled in (`_fill_legacy_fields`)."""
   values = dict(values)
   if isinstance(values.get("model"), dict):
@@ -235,10 +236,17 @@ def config_from_json_values(values: dict) -> ml_collections.ConfigDict:
   if "mesh" in values:   # a run saved before `mesh_rules` existed: the defaults, overridable
     values.setdefault("mesh_rules", [])
   if isinstance(values.get("mesh_rules"), list):   # JSON has no tuples: back to pairs
-    values["mesh_rules"] = tuple(
-        tuple(tuple(v) if isinstance(v, list) else v for v in rule)
-        if isinstance(rule, list) else rule for rule in values["mesh_rules"])
+    values["mesh_rules"] = _pairs(values["mesh_rules"])
+  train = values.get("train")
+  if isinstance(train, dict) and isinstance(train.get("lr_scales"), list):
+    values["train"] = {**train, "lr_scales": _pairs(train["lr_scales"])}
   return ml_collections.ConfigDict(values)
+
+
+def _pairs(rules: list) -> tuple:
+  """JSON lists of rules (`[[name, value], ...]`) back to the tuples of pairs saved."""
+  return tuple(tuple(tuple(v) if isinstance(v, list) else v for v in rule)
+               if isinstance(rule, list) else rule for rule in rules)
 
 
 def _fill_legacy_fields(values: dict) -> None:
@@ -297,8 +305,10 @@ def resolve_config(workdir: PathLike, config: Optional[ml_collections.ConfigDict
   one, the model section must match (the checkpoints hold that model) except for
   `RUNTIME_MODEL_FIELDS`, and so must the data section (a resumed run would silently train
   and validate on other bytes) except for `RUNTIME_DATA_FIELDS`, unless
-  `allow_data_change`; other sections may change, e.g. more `train.steps` to extend a
-  finished run, or another mesh.
+  `allow_data_change` (and so must the batch size and the seed, which decide the order of
+  the batches: `check_data_order`, which training runs after the config's own checks);
+  other fields may change, e.g. more `train.steps` to extend a finished run, or another
+  mesh.
 
   Raises:
     ConfigError: no config anywhere, or a model that differs from the saved run's.
@@ -329,16 +339,57 @@ def resolve_config(workdir: PathLike, config: Optional[ml_collections.ConfigDict
   return config
 
 
-def load_trained(workdir: PathLike, step: Optional[int] = None
-                 ) -> tuple[ml_collections.ConfigDict, nn.Module, Any, int]:
+# Fields outside the data section that decide which bytes each step trains on: the batches
+# are packed and shuffled by them, so a resume that changes one leaves the data order of an
+# uninterrupted run.
+DATA_ORDER_FIELDS = ("train.batch_size", "seed")
+
+
+def check_data_order(workdir: PathLike, config: ml_collections.ConfigDict,
+                     allow_data_change: bool = False) -> None:
+  """Refuses to resume the run saved in `workdir` with a `config` that changes
+  `DATA_ORDER_FIELDS` (the batch size or the seed): it would train on other batches than
+  an uninterrupted run. Nothing to check without a saved run, or with `allow_data_change`.
+  Training runs it once the config itself is checked (`setup.TrainSetup.create`), so a
+  batch that cannot fit the mesh is named as such first.
+
+  Raises:
+    DataError: naming the fields and their saved and new values.
+  """
+  if allow_data_change or not epath.Path(config_path(workdir)).exists():
+    return
+  saved = load_config(workdir)
+  changed = []
+  for field in DATA_ORDER_FIELDS:
+    old, new = _field(saved, field), _field(config, field)
+    if old is not None and new is not None and old != new:
+      changed.append(f"{field}: {old!r} -> {new!r}")
+  if changed:
+    raise DataError(
+        f"{os.fspath(workdir)!r} was trained with {'; '.join(changed)}: its batches from here "
+        f"on would not be those of an uninterrupted run; keep the saved value, or pass "
+        f"--allow_data_change to go on with the new one")
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  value = config
+  for key in dotted.split("."):
+    if not hasattr(value, "get"):
+      return None
+    value = value.get(key)
+  return value
+
+
+def load_trained(workdir: PathLike, step: Optional[int] = None) -> LoadedModel:
   """Loads a trained model from a work directory (local or remote).
 
-      config, model, params, step = megabyte_jax.load_trained("runs/default")
-      logits = model.apply({"params": params}, tokens)
+      loaded = megabyte_jax.load_trained("runs/default")
+      logits = loaded.model.apply(loaded.variables, tokens)
 
   Returns:
-    `(config, model, params, step)`: the saved config, the flax module, its parameters at
-    `step` (default: the latest checkpoint) and that step.
+    A `LoadedModel`: `.model` (the flax module), `.params` (its parameters at `.step`,
+    default the latest checkpoint), `.config` (the saved config). Unpacking it as the
+    tuple `(config, model, params, step)` still works, with a `DeprecationWarning`.
 
   A trainer may be saving into `workdir` meanwhile: when its retention deletes the step
   being read (the newest when it was listed), the then newest one is read instead (a `step`
@@ -354,7 +405,8 @@ def load_trained(workdir: PathLike, step: Optional[int] = None
   while True:
     try:
       params, chosen = _read_params(workdir, abstract, step)
-      return config, model, params, chosen
+      return LoadedModel(model=model, params=params, config=config, step=chosen,
+                         legacy_order=TRAINED_ORDER)
     except CheckpointVanished:
       attempts += 1
       if step is not None or attempts >= LIST_ATTEMPTS:
