@@ -109,6 +109,29 @@ def test_non_finite_checkpoints_are_refused_and_never_evict_the_last_good_one(tm
   ckpt.close()
 
 
+def test_a_deleted_data_file_is_reported_missing_and_the_previous_step_restored(tmp_path):
+  """One data file of the newest step deleted, its manifest kept: restoring that step names
+  the missing file, and the latest-good restore falls back to the step before."""
+  workdir = str(tmp_path / "run")
+  ckpt = Checkpointer(workdir, save_every=1, keep=3)
+  ckpt.save(1, _small_state(1.0))
+  ckpt.save(2, _small_state(2.0))
+  ckpt.close()
+  step_dir = os.path.join(workdir, "checkpoints", "2")
+  victim = _largest_file(os.path.join(step_dir, "state", "ocdbt.process_0", "d"))
+  rel = os.path.relpath(victim, step_dir)
+  ckpt = Checkpointer(workdir, save_every=1, keep=3)
+  assert rel in ckpt.manifest(2)["files"]
+  os.remove(victim)
+  with pytest.raises(CheckpointError, match=f"step 2 .* is corrupt: {rel} is missing$"):
+    ckpt.restore(_abstract_small(), 2)
+  warnings = []
+  step, state, _ = ckpt.restore_latest_good(_abstract_small(), warn=warnings.append)
+  assert step == 1 and float(state["params"]["w"][0, 0]) == 1.0
+  assert len(warnings) == 1 and f"{rel} is missing" in warnings[0], warnings
+  ckpt.close()
+
+
 # ------------------------------------------------------------------ config validation
 
 
