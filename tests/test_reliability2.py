@@ -244,6 +244,39 @@ def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(corpus, tmp_path, 
       WorkdirLock(str(workdir)).acquire()
 
 
+def test_a_lock_of_a_live_process_we_may_not_signal_is_refused(tmp_path, monkeypatch):
+  """The lock file names a process on this host that `os.kill(pid, 0)` may not signal
+  (PermissionError: it exists, owned by another user): a second trainer is refused and the
+  lock is left as it was. A pid that is gone is taken over."""
+  import socket
+  from megabyte_jax.errors import WorkdirLocked
+  from megabyte_jax.training.workdir_lock import LOCK_FILE, WorkdirLock
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+  try:
+    real_kill = os.kill
+
+    def kill(pid, sig):
+      if pid == sleeper.pid:
+        raise PermissionError(1, "Operation not permitted")
+      return real_kill(pid, sig)
+
+    monkeypatch.setattr(os, "kill", kill)
+    lock = tmp_path / LOCK_FILE
+    text = json.dumps({"pid": sleeper.pid, "host": socket.gethostname()})
+    lock.write_text(text)
+    with pytest.raises(WorkdirLocked, match=f"names a live process \\(pid {sleeper.pid} on "):
+      WorkdirLock(str(tmp_path)).acquire()
+    assert lock.read_text() == text
+  finally:
+    monkeypatch.undo()
+    sleeper.kill()
+    sleeper.wait()
+  said = []
+  with WorkdirLock(str(tmp_path), say=said.append):   # the pid is gone now: taken over
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+  assert len(said) == 1 and f"stale lock {lock} of pid {sleeper.pid}" in said[0]
+
+
 # ------------------------------------------------------------------ real full disks
 
 
