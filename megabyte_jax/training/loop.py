@@ -283,13 +283,15 @@ def _train_locked(setup: TrainSetup, workdir: str, progress: bool,
         losses = np.asarray([m["loss"] for m in fetched], np.float64)
         norms = np.asarray([m["grad_norm"] for m in fetched], np.float64)
         skipped = np.asarray([m["skipped"] for m in fetched]) > 0
-        for bad in skipped:   # non-finite steps in a row, across windows
+        longest = 0   # the longest run of non-finite steps in a row, across windows
+        for bad in skipped:
           bad_in_a_row = bad_in_a_row + 1 if bad else 0
+          longest = max(longest, bad_in_a_row)
         skipped_total += int(skipped.sum())
-        if bad_in_a_row >= max_bad:
+        if longest >= max_bad:
           newest = _finish_saves(checkpointer)
           raise TrainingError(
-              f"{bad_in_a_row} training steps in a row had a non-finite loss or gradient "
+              f"{longest} training steps in a row had a non-finite loss or gradient "
               f"(up to step {step}); their updates were skipped, and training stops here. "
               f"The parameters are those of the last good update; the newest complete "
               f"checkpoint is {newest} in {checkpointer.directory}. Lower "
