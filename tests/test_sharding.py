@@ -472,9 +472,11 @@ def _start_processes(workdir, steps, corpus):
   """Starts the two processes of a `jax.distributed` run of `helpers/distributed_train.py`."""
   port = _free_port()
   procs = []
-  for i in range(2):
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  for i in range(2):   # the suite's XLA flags (conftest), with 2 devices per process
     env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PROCESS_ID=str(i),
+               XLA_FLAGS=" ".join(flags + ["--xla_force_host_platform_device_count=2"]),
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                JAX_PLATFORMS="cpu")
     procs.append(subprocess.Popen(
