@@ -50,18 +50,22 @@ def transformer_cfg():
   return TransformerConfig(seq_len=32, dim=32, layers=2, heads=2)
 
 
-@pytest.fixture
-def corpus(tmp_path):
-  """A directory of 12 real source files (the stdlib's `json` and `email` packages)."""
-  root = tmp_path / "corpus"
+def make_corpus(root) -> str:
+  """Writes the `corpus` fixture's files into the new directory `root`; returns its path."""
   stdlib = sysconfig.get_paths()["stdlib"]
   for package in ("json", "email"):
     src = os.path.join(stdlib, package)
     for name in sorted(os.listdir(src))[:6]:
       if name.endswith(".py"):
-        os.makedirs(root / package, exist_ok=True)
-        shutil.copy(os.path.join(src, name), root / package / name)
+        os.makedirs(os.path.join(root, package), exist_ok=True)
+        shutil.copy(os.path.join(src, name), os.path.join(root, package, name))
   return str(root)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+  """A directory of 12 real source files (the stdlib's `json` and `email` packages)."""
+  return make_corpus(tmp_path / "corpus")
 
 
 def run_module(*args, check=True, text=True):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, make_corpus, run_module
 from megabyte_jax import CheckpointError, ConfigError, DataError, TrainingError
 from megabyte_jax.training.checkpoint import MANIFEST, CheckpointAccessError, Checkpointer
 from megabyte_jax.training.metrics import read_metrics
@@ -597,17 +597,32 @@ def _without_root_file_access(args):
                         capture_output=True, text=True, timeout=600)
 
 
+def _chmod_args(workdir, corpus):
+  return [f"--config={TINY}", f"--workdir={workdir}", f"--config.data.files={corpus}",
+          "--config.data.eval_fraction=0.4", "--config.train.checkpoint_every=5",
+          "--config.train.eval_every=0", "--config.sample.num_bytes=0", "--noprogress"]
+
+
+@pytest.fixture(scope="module")
+def ten_steps(tmp_path_factory):
+  """`(workdir, corpus)`: 10 steps of the tiny config from the command line (checkpoints 5
+  and 10), for tests to copy."""
+  root = tmp_path_factory.mktemp("ten_steps")
+  corpus = make_corpus(root / "corpus")
+  workdir = str(root / "run")
+  run_module("megabyte_jax.train", *_chmod_args(workdir, corpus), "--config.train.steps=10")
+  return workdir, corpus
+
+
 @pytest.mark.parametrize("target", ["step", "checkpoints"])
 def test_chmod_000_on_a_step_or_on_checkpoints_is_one_line_and_renames_nothing(
-    target, tmp_path, corpus):
+    target, tmp_path, ten_steps):
   """A real permission failure (root's bypass dropped): resuming refuses in one line that
   names the permission problem, renames nothing (permissions are not corruption), and the
   run resumes normally once the permissions are fixed."""
   workdir = str(tmp_path / "run")
-  common = [f"--config={TINY}", f"--workdir={workdir}", f"--config.data.files={corpus}",
-            "--config.data.eval_fraction=0.4", "--config.train.checkpoint_every=5",
-            "--config.train.eval_every=0", "--config.sample.num_bytes=0", "--noprogress"]
-  run_module("megabyte_jax.train", *common, "--config.train.steps=10")
+  shutil.copytree(ten_steps[0], workdir)                    # 10 steps, from the CLI
+  common = _chmod_args(workdir, ten_steps[1])
   ckpt_dir = os.path.join(workdir, "checkpoints")
   locked = os.path.join(ckpt_dir, "10") if target == "step" else ckpt_dir
   before = sorted(os.listdir(ckpt_dir))

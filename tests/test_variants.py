@@ -180,7 +180,8 @@ def test_cross_patch_keys_are_exactly_the_last_r_of_the_previous_patch(r):
     assert set(np.flatnonzero(visible[start])) == set(range(start - r, start + 1))
   zeros = jnp.zeros((1, n, 1, n), jnp.float32)           # [batch, T, heads, head_dim]
   one_hot = jnp.eye(n, dtype=jnp.float32)[None, :, None, :]
-  weights = np.asarray(_cross_patch_attention(zeros, zeros, one_hot, patch, r))[0, :, 0]
+  attend = jax.jit(_cross_patch_attention, static_argnums=(3, 4))
+  weights = np.asarray(attend(zeros, zeros, one_hot, patch, r))[0, :, 0]
   np.testing.assert_allclose(weights, visible / visible.sum(1, keepdims=True), atol=1e-6)
 
 
