@@ -15,6 +15,7 @@ validate, the rest trains (`split_by_bytes`). No byte is in both splits.
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import math
 import os
 from typing import Any, Optional
@@ -91,10 +92,13 @@ def split_file_lists(data_cfg) -> tuple[list[str], list[str]]:
 def split_by_bytes(docs: list[np.ndarray], eval_fraction: float
                    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
   """Splits each document by bytes: its last `ceil(len * eval_fraction)` bytes validate, the
-  rest trains. Returns `(training documents, validation documents)`; no byte is in both."""
+  rest trains. Returns `(training documents, validation documents)`; no byte is in both.
+  The product is exact, of the fraction as written (`100 * 0.07` holds out 7 bytes, not the
+  8 of its floating-point value 7.000000000000001)."""
+  exact = fractions.Fraction(str(float(eval_fraction)))
   train, evaluation = [], []
   for doc in docs:
-    held = min(len(doc), math.ceil(len(doc) * eval_fraction))
+    held = min(len(doc), math.ceil(len(doc) * exact))
     train.append(doc[:len(doc) - held])
     evaluation.append(doc[len(doc) - held:])
   return train, evaluation

@@ -321,10 +321,12 @@ class _Run:
     losses = np.asarray([m["loss"] for m in fetched], np.float64)
     norms = np.asarray([m["grad_norm"] for m in fetched], np.float64)
     skipped = np.asarray([m["skipped"] for m in fetched]) > 0
-    for bad in skipped:   # non-finite steps in a row, across windows; a good one resets
+    longest = 0   # the longest run of non-finite steps in a row, across windows
+    for bad in skipped:   # a good step resets the run
       self.bad_in_a_row = self.bad_in_a_row + 1 if bad else 0
+      longest = max(longest, self.bad_in_a_row)
     self.skipped_total += int(skipped.sum())
-    self._check_bad_steps()
+    self._check_bad_steps(longest)
     good = ~skipped
     loss = float(losses[good].mean()) if good.any() else float("nan")
     record = {"train_bpb": loss / LN2 if good.any() else None,
@@ -344,13 +346,13 @@ class _Run:
     self.window, self.timed_steps = [], 0
     self.window_start = time.perf_counter()
 
-  def _check_bad_steps(self) -> None:
+  def _check_bad_steps(self, longest: int) -> None:
     max_bad = int(self.t.get("max_bad_steps", 20))
-    if self.bad_in_a_row < max_bad:
+    if longest < max_bad:
       return
     newest = _finish_saves(self.checkpointer)
     raise TrainingError(
-        f"{self.bad_in_a_row} training steps in a row had a non-finite loss, gradient or "
+        f"{longest} training steps in a row had a non-finite loss, gradient or "
         f"update (up to step {self.step}); their updates were skipped, and training stops "
         f"here. The parameters are those of the last good update; the newest complete "
         f"checkpoint is {newest} in {self.checkpointer.directory}. Lower "
