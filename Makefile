@@ -23,12 +23,14 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) -m megabyte_jax.train --config=$(CONFIG) --workdir=$(WORKDIR)
 
-# Tests run in parallel processes (pytest-xdist: one per core, at most TEST_WORKERS); the
-# sharding tests need 8 emulated CPU devices, set before JAX starts: their own run.
+# Tests run in parallel processes (pytest-xdist: one per core, at most TEST_WORKERS), each
+# test file in one process (its module fixtures and compiled models built once); the
+# sharding tests need 8 emulated CPU devices, set before JAX starts: their own run, spread
+# test by test.
 TEST_WORKERS ?= 4
 PYTEST := $(PY) -m pytest -q -n auto --maxprocesses=$(TEST_WORKERS)
 test: $(STAMP)
-	$(PYTEST) --ignore=tests/test_sharding.py
+	$(PYTEST) --dist loadfile --ignore=tests/test_sharding.py
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PYTEST) tests/test_sharding.py
 
 clean:

@@ -114,12 +114,13 @@ class _CommonConfig:
       if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
     if self.init_std is not None and not (
-        isinstance(self.init_std, (int, float)) and self.init_std > 0):
-      raise ConfigError(f"init_std must be None or a positive number, got {self.init_std!r}")
+        isinstance(self.init_std, (int, float)) and 0 < self.init_std < math.inf):
+      raise ConfigError(f"init_std must be None or a positive number (finite), got "
+                        f"{self.init_std!r}")
     if isinstance(self.embed_init_std, bool) or not (
-        isinstance(self.embed_init_std, (int, float)) and self.embed_init_std > 0):
+        isinstance(self.embed_init_std, (int, float)) and 0 < self.embed_init_std < math.inf):
       raise ConfigError(
-          f"embed_init_std must be a positive number, got {self.embed_init_std!r}")
+          f"embed_init_std must be a positive number (finite), got {self.embed_init_std!r}")
     if not isinstance(self.token_shift, bool):
       raise ConfigError(f"token_shift must be True or False, got {self.token_shift!r}")
     if self.positions not in _POSITIONS:

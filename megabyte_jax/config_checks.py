@@ -1,11 +1,15 @@
 """Checks of a whole experiment config, run before training writes anything.
 
 `check_config(config)` refuses, with one `ConfigError` line naming the field, every value
-that would crash later or train nonsense silently: non-finite or out-of-range optimizer
-settings (`learning_rate=nan`, `b2=1.5`), counts below 1 (`grad_accum_steps=0`,
-`max_bad_steps=0`), a warmup as long as the run, negative data-pipeline sizes, sharding
-rule overrides (`mesh_rules`) naming unknown mesh axes. The model section is checked by
-building it (`megabyte_jax.models.build_model`).
+that would crash later or train nonsense silently: any number that is not finite or does
+not fit its type on the device (a float beyond float32, `learning_rate=1e300`; an integer
+beyond int32, `seed` beyond `MAX_SEED`), non-finite or out-of-range optimizer settings
+(`learning_rate=nan`, `b2=1.5`), counts below 1 (`grad_accum_steps=0`, `max_bad_steps=0`),
+a warmup as long as the run, negative seeds and data-pipeline sizes, batches and chunks
+that cannot be held (`check_sizes`), a sample at the end that would run for hours or
+cannot be encoded (`check_sample`), sharding rule overrides (`mesh_rules`) naming unknown
+mesh axes. The model section is checked by building it (`megabyte_jax.models.build_model`)
+and counting its parameters (at most `MAX_PARAMS`).
 
 The checks that need the device mesh take it as an argument: `check_batch` (the batch
 against the hosts, the mesh's data axes and the gradient-accumulation microbatches). The
@@ -19,10 +23,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
 from megabyte_jax import sharding as sharding_lib
 from megabyte_jax.errors import ConfigError
@@ -30,6 +35,16 @@ from megabyte_jax.models import build_model
 
 # `train.weight_decay_mask`: which parameters weight decay applies to (`train_state.decay_mask`).
 DECAY_MASKS = ("kernels", "kernels_embeddings", "ndim")
+
+INT_MAX = 2 ** 31 - 1              # counts and sizes reach jitted code as int32
+FLOAT_MAX = float(np.finfo(np.float32).max)   # settings reach jitted code as float32
+MAX_SEED = 2 ** 62                 # seeds: non-negative, with room for `seed + 2`
+# Elements of one array that the input pipeline or evaluation builds (int32 indexing).
+MAX_ARRAY_ELEMENTS = 2 ** 31 - 1
+# The sample at the end of training reruns the model over a window for every byte.
+MAX_SAMPLE_BYTES = 2 ** 16
+MAX_PARAMS = 10 ** 12             # a model beyond this is a typo, not a run
+SEED_FIELDS = ("seed", "data.split_seed")
 
 
 def _number(section: str, name: str, value: Any) -> float:
@@ -47,6 +62,50 @@ def _integer(section: str, name: str, value: Any, low: int) -> int:
     what = "positive" if low == 1 else f">= {low}"
     raise ConfigError(f"{section}.{name} must be {what}, got {value}")
   return value
+
+
+def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+  """`(dotted name, value)` of every leaf of a config (list and tuple items as NAME[i])."""
+  if isinstance(node, (ml_collections.ConfigDict, dict)):
+    for key in node.keys():
+      yield from _leaves(node[key], f"{prefix}.{key}" if prefix else str(key))
+  elif isinstance(node, (list, tuple)):
+    for i, item in enumerate(node):
+      yield from _leaves(item, f"{prefix}[{i}]")
+  else:
+    yield prefix, node
+
+
+def check_numbers(config: ml_collections.ConfigDict) -> None:
+  """Every number of `config`: a float must be finite and fit float32, an integer int32
+  (a seed of `SEED_FIELDS`: 0..`MAX_SEED`).
+
+  Raises:
+    ConfigError: naming the first field that does not.
+  """
+  for name, value in _leaves(config, ""):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+      continue
+    if name in SEED_FIELDS:
+      check_seed(name, value)
+    elif isinstance(value, (float, np.floating)):
+      if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+      if abs(value) > FLOAT_MAX:
+        raise ConfigError(f"{name} must be at most {FLOAT_MAX:.4g} in size (it is a float32 "
+                          f"on the device), got {value:g}")
+    elif not -INT_MAX - 1 <= value <= INT_MAX:
+      raise ConfigError(f"{name} must be at most {INT_MAX:,} in size (an int32 on the "
+                        f"device), got {value}")
+
+
+def check_seed(name: str, value: Any) -> int:
+  """A seed: an integer in 0..`MAX_SEED`; returns it."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ConfigError(f"{name} must be an integer, got {value!r}")
+  if not 0 <= value <= MAX_SEED:
+    raise ConfigError(f"{name} must be in 0..{MAX_SEED} (2**62), got {value}")
+  return int(value)
 
 
 def check_decay_mask(rule: Any) -> str:
@@ -154,7 +213,9 @@ def check_train(t: ml_collections.ConfigDict) -> None:
 
 
 def check_data(d: ml_collections.ConfigDict) -> None:
-  """The `data` section's sizes (the files themselves are checked when read)."""
+  """The `data` section's values (the files themselves are checked when read); the options
+  of the image and audio sources are checked whatever the source, so that a saved config
+  holds no value that cannot be used."""
   for name in ("read_threads", "prefetch", "workers"):
     if name in d:
       _integer("data", name, d[name], 0)
@@ -162,6 +223,100 @@ def check_data(d: ml_collections.ConfigDict) -> None:
     _integer("data", "chunk_bytes", d.chunk_bytes, 1)
   if not 0 <= _number("data", "eval_fraction", d.eval_fraction) < 1:
     raise ConfigError(f"data.eval_fraction must be in [0, 1), got {d.eval_fraction}")
+  check_seed("data.split_seed", d.get("split_seed", 0))
+  if d.get("separator") is not None:
+    separator = _integer("data", "separator", d.separator, -1)
+    if separator > 255:
+      raise ConfigError(f"data.separator must be a byte 0..255, or -1 or None for none, got "
+                        f"{separator}")
+  if "image_size" in d:
+    _integer("data", "image_size", d.image_size, 1)
+  if "channels" in d and (isinstance(d.channels, bool) or d.channels not in (1, 3)):
+    raise ConfigError(f"data.channels must be 3 (RGB) or 1 (grayscale), got {d.channels!r}")
+  for name in ("patch_size", "sample_rate"):
+    if d.get(name) is not None:
+      _integer("data", name, d[name], 1)
+
+
+def check_batch_bytes(field: str, rows: int, seq_len: int) -> None:
+  """A batch of `rows` windows of `seq_len` bytes (the setting `field`) must hold at most
+  `MAX_ARRAY_ELEMENTS` bytes.
+
+  Raises:
+    ConfigError: naming the field, the size and the limit.
+  """
+  if rows * seq_len > MAX_ARRAY_ELEMENTS:
+    raise ConfigError(f"{field}={rows:,} windows of {seq_len} bytes make a batch of "
+                      f"{rows * seq_len:,} bytes, more than {MAX_ARRAY_ELEMENTS:,} (arrays "
+                      f"are indexed with int32)")
+
+
+def check_sizes(config: ml_collections.ConfigDict, seq_len: int) -> None:
+  """The arrays that the config makes the run build must be possible: a training batch (a
+  host's share) or an evaluation batch of at most `MAX_ARRAY_ELEMENTS` bytes; and the input
+  pipeline (its chunks, of `data.chunk_bytes` or one batch, held `data.prefetch` + 3 times
+  per worker) and an evaluation batch (8 bytes per window byte) within the memory
+  evaluation may take (`local_files.eval_memory_limit`, half of this machine's).
+
+  Raises:
+    ConfigError: naming the field, the size and the limit.
+  """
+  from megabyte_jax.data.local_files import EVAL_BYTES_PER_BYTE, eval_memory_limit  # pylint: disable=g-import-not-at-top
+  t, d = config.train, config.data
+  host_rows = max(1, t.batch_size // jax.process_count())   # each host packs its share
+  check_batch_bytes("train.batch_size", host_rows, seq_len)
+  check_batch_bytes("eval.batch_size", config.eval.batch_size, seq_len)
+  limit = eval_memory_limit()
+  allowed = f"more than the {limit / 2**30:.1f} GiB allowed (half of this machine's memory)"
+  chunk = max(int(d.get("chunk_bytes", 2 ** 24)), host_rows * seq_len)
+  held = chunk * (int(d.get("prefetch", 4)) + 3) * max(1, int(d.get("workers", 0)))
+  if held > limit:
+    raise ConfigError(f"the input pipeline would hold about {held / 2**30:.1f} GiB (chunks of "
+                      f"{chunk:,} bytes: data.chunk_bytes or one batch, data.prefetch + 3 of "
+                      f"them per data.workers), {allowed}")
+  need = config.eval.batch_size * seq_len * EVAL_BYTES_PER_BYTE
+  if need > limit:
+    raise ConfigError(f"eval.batch_size={config.eval.batch_size:,} needs about "
+                      f"{need / 2**30:.1f} GiB, {allowed}")
+
+
+def check_sample(s: ml_collections.ConfigDict) -> None:
+  """The `sample` section: the continuation printed at the end of training (at most
+  `MAX_SAMPLE_BYTES`; the sample command makes longer ones), its options (those of
+  `sampling.check_sampling_options`) and a prompt that is UTF-8 text."""
+  num_bytes = _integer("sample", "num_bytes", s.num_bytes, 0)
+  if num_bytes > MAX_SAMPLE_BYTES:
+    raise ConfigError(
+        f"sample.num_bytes must be at most {MAX_SAMPLE_BYTES:,} (the sample at the end of "
+        f"training runs the model once per byte), got {num_bytes:,}; sample longer texts "
+        f"from the trained run with megabyte-sample --num_bytes=N")
+  if _number("sample", "temperature", s.temperature) < 0:
+    raise ConfigError(f"sample.temperature must be >= 0, got {s.temperature}")
+  if s.get("top_k") is not None and _integer("sample", "top_k", s.top_k, 1) > 256:
+    raise ConfigError(f"sample.top_k must be in 1..256 (or None), got {s.top_k}")
+  prompt = s.get("prompt", "")
+  if not isinstance(prompt, str):
+    raise ConfigError(f"sample.prompt must be text, got {prompt!r}")
+  try:
+    prompt.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise ConfigError(f"sample.prompt is not UTF-8 text ({e.reason} at character {e.start}: "
+                      f"{prompt[e.start]!r}); set --config.sample.prompt to UTF-8 text") from None
+
+
+def check_model_size(model_cfg: Any) -> int:
+  """The model's parameter count, at most `MAX_PARAMS`; returns it.
+
+  Raises:
+    ConfigError: naming the count, for a model beyond it (sizes that are a typo).
+  """
+  from megabyte_jax.flops import model_cost  # pylint: disable=g-import-not-at-top
+  params = model_cost(model_cfg).params
+  if params > MAX_PARAMS:
+    raise ConfigError(f"the model section describes {params:.3g} parameters, more than the "
+                      f"{MAX_PARAMS:.0e} a run can hold; check its sizes (model.*_dim, "
+                      f"model.*_layers, model.seq_len)")
+  return params
 
 
 def check_mesh_rules(overrides: Optional[Sequence[Any]]) -> sharding_lib.Rules:
@@ -219,13 +374,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for section in ("model", "data", "train", "eval", "sample"):
     if section not in config:
       raise ConfigError(f"the config has no {section!r} section")
-  build_model(config.model)   # raises ConfigError naming a bad model field
+  check_numbers(config)
+  check_seed("seed", config.get("seed", 0))
+  _, model_cfg = build_model(config.model)   # raises ConfigError naming a bad model field
+  check_model_size(model_cfg)
   check_train(config.train)
   check_data(config.data)
   check_mesh_rules(config.get("mesh_rules"))
   _integer("eval", "batch_size", config.eval.batch_size, 1)
-  _integer("sample", "num_bytes", config.sample.num_bytes, 0)
-  if _number("sample", "temperature", config.sample.temperature) < 0:
-    raise ConfigError(f"sample.temperature must be >= 0, got {config.sample.temperature}")
-  if config.sample.get("top_k") is not None:
-    _integer("sample", "top_k", config.sample.top_k, 1)
+  check_sample(config.sample)
+  check_sizes(config, model_cfg.seq_len)

@@ -40,7 +40,8 @@ from megabyte_jax.cli import parse_flags, quiet_logging
 from megabyte_jax.errors import CheckpointError, InputError, MegabyteError
 from megabyte_jax.inference.scoring import (check_stride, evaluate_windows, make_eval_step,
                                   patch_strided_windows, strided_windows)
-from megabyte_jax.training.workdir import load_trained
+from megabyte_jax.config_checks import check_batch_bytes
+from megabyte_jax.training.workdir import load_config, load_trained
 
 
 
@@ -111,6 +112,9 @@ def main(argv):
   try:
     if _BATCH.value is not None and _BATCH.value < 1:
       raise InputError(f"--batch_size must be at least 1, got {_BATCH.value}")
+    if _BATCH.value is not None:   # before the checkpoint is read
+      check_batch_bytes("--batch_size", _BATCH.value,
+                        load_config(_WORKDIR.value).model.seq_len)
     loaded = load_trained(_WORKDIR.value, _STEP.value)
     config, model, params, step = loaded.config, loaded.model, loaded.params, loaded.step
     seq_len = config.model.seq_len

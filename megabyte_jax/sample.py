@@ -50,6 +50,7 @@ from megabyte_jax.inference.generation import generate
 from megabyte_jax.training.workdir import load_trained
 
 MAX_TOTAL_BYTES = 2 ** 31 - 1   # positions are int32: prompt + continuation stay below this
+MAX_SEED = 2 ** 62              # --seed: well within what jax.random.key takes
 
 
 def _define_flags() -> None:
@@ -93,9 +94,11 @@ def read_prompt(prompt: Optional[str] = None, prompt_file: Optional[str] = None
   if prompt_file:
     try:   # non-blocking: a FIFO must not wait for a writer
       with open(prompt_file, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK)) as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
           raise InputError(f"--prompt_file {prompt_file} is {_kind(prompt_file)}, not a "
                            f"regular file")
+        _check_prompt_size(prompt_file, info.st_size)
         return f.read()
     except OSError as e:
       raise InputError(f"cannot read --prompt_file {prompt_file}: {e.strerror or e}") from e
@@ -108,23 +111,46 @@ def read_prompt(prompt: Optional[str] = None, prompt_file: Optional[str] = None
                      f"({prompt[e.start]!r}); put raw bytes in a --prompt_file") from None
 
 
+def run_files() -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """`(files, folders)` that training writes in its work directory: every one of them is
+  the run's record, and `--output` may not replace it."""
+  from megabyte_jax.training.checkpoint import CHECKPOINT_SUBDIR  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.history import HISTORY_FILE  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.metrics import METRICS_FILE  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.result import RESULT_FILE  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.workdir import CONFIG_FILE, DATA_FILE  # pylint: disable=g-import-not-at-top
+  from megabyte_jax.training.workdir_lock import LOCK_FILE  # pylint: disable=g-import-not-at-top
+  files = (CONFIG_FILE, HISTORY_FILE, DATA_FILE, METRICS_FILE, RESULT_FILE, LOCK_FILE)
+  return files, (CHECKPOINT_SUBDIR, "tb")
+
+
+def _check_prompt_size(prompt_file: str, size: int) -> None:
+  """Refuses, before reading it, a prompt file that no sample could hold: more bytes than
+  positions go (`MAX_TOTAL_BYTES`) or than sampling's buffers fit in memory."""
+  from megabyte_jax.data.local_files import eval_memory_limit  # pylint: disable=g-import-not-at-top
+  limit = min(MAX_TOTAL_BYTES, eval_memory_limit() // SAMPLE_BYTES_PER_BYTE)
+  if size > limit:
+    raise InputError(f"--prompt_file {prompt_file} holds {size:,} bytes, more than the "
+                     f"{limit:,} a prompt may hold (positions are int32, and sampling keeps "
+                     f"{SAMPLE_BYTES_PER_BYTE} bytes of memory per byte)")
+
+
 def check_output_path(workdir: str, output: str) -> None:
-  """Refuses an `--output` that is one of the run's own files (its config, metrics, lock,
-  checkpoints or TensorBoard events), which writing would destroy.
+  """Refuses an `--output` that is one of the run's own files (`run_files`: its config and
+  config history, data record, metrics, result, lock, checkpoints or TensorBoard events, or
+  the temporary file one is written through), which writing would destroy.
 
   Raises:
     InputError: naming the file.
   """
-  from megabyte_jax.training.checkpoint import CHECKPOINT_SUBDIR  # pylint: disable=g-import-not-at-top
-  from megabyte_jax.training.metrics import METRICS_FILE  # pylint: disable=g-import-not-at-top
-  from megabyte_jax.training.workdir import CONFIG_FILE  # pylint: disable=g-import-not-at-top
-  from megabyte_jax.training.workdir_lock import LOCK_FILE  # pylint: disable=g-import-not-at-top
   target = os.path.realpath(output)
   home = os.path.realpath(workdir)
-  for name in (CONFIG_FILE, METRICS_FILE, LOCK_FILE):
-    if target == os.path.join(home, name):
+  files, folders = run_files()
+  for name in files:
+    path = os.path.join(home, name)
+    if target == path or target.startswith(path + ".tmp"):
       raise InputError(f"--output {output} is the run's own {name}; write somewhere else")
-  for name in (CHECKPOINT_SUBDIR, "tb"):
+  for name in folders:
     inside = os.path.join(home, name)
     if target == inside or target.startswith(inside + os.sep):
       raise InputError(f"--output {output} is inside the run's {name}/ folder; write "
@@ -220,6 +246,8 @@ def run_sample(workdir: str, prompt: Optional[str] = None, prompt_file: Optional
   stderr = sys.stderr if stderr is None else stderr
   if num_samples < 1:
     raise InputError(f"--num_samples must be at least 1, got {num_samples}")
+  if isinstance(seed, bool) or not isinstance(seed, int) or abs(seed) > MAX_SEED:
+    raise InputError(f"--seed must be an integer in -2**62..2**62, got {seed}")
   if num_bytes is not None and not 0 <= num_bytes <= MAX_TOTAL_BYTES:
     raise InputError(f"--num_bytes must be in 0..{MAX_TOTAL_BYTES:,}, got {num_bytes}")
   png = bool(output) and output.lower().endswith(".png")

@@ -18,8 +18,9 @@ The config as trained goes to `DIR/config.json` (and what a resume changed in it
 metrics to `DIR/metrics.jsonl` and, when `train.tensorboard` is on, TensorBoard files to
 `DIR/tb`. At the end it prints the final validation bits per byte and a sampled
 continuation, and writes this invocation's record (`training.result.TrainResult`: final
-figures and timings) to `DIR/result.json`. Ctrl-C saves a checkpoint before stopping, so
-nothing is lost. A run that has reached `train.steps` is finished: running it again says so
+figures and timings) to `DIR/result.json`. Ctrl-C, SIGTERM or SIGHUP (a closed terminal)
+saves a checkpoint before stopping, at any moment of training, and exits with 128 + the
+signal's number, so nothing is lost. A run that has reached `train.steps` is finished: running it again says so
 and changes nothing.
 
 `--help` prints a short guide and these flags; `--help_config` lists every config field with
@@ -219,7 +220,9 @@ def main(argv):
     sys.exit(128 + e.signum)
   except MegabyteError as e:
     sys.exit(f"error: {e}")
-  except KeyboardInterrupt:
+  except KeyboardInterrupt:   # Ctrl-C twice before the first step (training saves on its own)
+    print("stopped by SIGINT before training began; run again to start or resume",
+          file=sys.stderr, flush=True)
     sys.exit(130)
 
 

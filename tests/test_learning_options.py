@@ -69,6 +69,26 @@ def test_full_projection_gives_each_local_position_the_whole_global_output():
   np.testing.assert_array_equal(np.asarray(part[0, 0, 1:]), 0)
 
 
+def test_each_child_position_reads_its_own_slice_or_the_whole_output():
+  """"slice": child position p of unit k is slice p of output k (features p*W/S ..
+  (p+1)*W/S - 1) times the shared `w`, for every p; "full": the whole output k times
+  `w[:, p]`."""
+  from megabyte_jax.models.megabyte import project_to_children
+  s, width, child = 4, 12, 5
+  g = np.asarray(jax.random.normal(jax.random.key(0), (2, 3, width)))   # [batch, n, W]
+  w_slice = np.asarray(jax.random.normal(jax.random.key(1), (width // s, child)))
+  w_full = np.asarray(jax.random.normal(jax.random.key(2), (width, s, child)))
+  sliced = np.asarray(project_to_children(g, w_slice, s, "slice", jnp.float32))
+  full = np.asarray(project_to_children(g, w_full, s, "full", jnp.float32))
+  assert sliced.shape == full.shape == (2, 3, s, child)
+  part = width // s
+  for p in range(s):
+    np.testing.assert_allclose(sliced[..., p, :], g[..., p * part:(p + 1) * part] @ w_slice,
+                               rtol=1e-5, atol=1e-5, err_msg=f"slice {p}")
+    np.testing.assert_allclose(full[..., p, :], g @ w_full[:, p], rtol=1e-5, atol=1e-5,
+                               err_msg=f"full {p}")
+
+
 @pytest.mark.parametrize("std", [1.0, 0.02])
 def test_embed_init_std_sets_the_scale_of_embeddings_positions_and_pads(std):
   params = nn.meta.unbox(Megabyte(CFG.replace(embed_init_std=std, positions="learned")).init(

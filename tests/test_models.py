@@ -54,9 +54,10 @@ def test_shorter_input_is_a_prefix(kind, megabyte_cfg, transformer_cfg):
   """T may be any multiple of the patch up to seq_len; a prefix gives the same logits."""
   model = _build(kind, megabyte_cfg, transformer_cfg)
   tokens = _tokens(1, 32)
-  variables = model.init(jax.random.key(2), tokens)
-  full = np.asarray(model.apply(variables, tokens))
-  short = np.asarray(model.apply(variables, tokens[:, :12]))
+  variables = jax.jit(model.init)(jax.random.key(2), tokens)
+  apply = jax.jit(model.apply)
+  full = np.asarray(apply(variables, tokens))
+  short = np.asarray(apply(variables, tokens[:, :12]))
   np.testing.assert_allclose(short, full[:, :12], rtol=1e-5, atol=1e-5)
 
 
@@ -80,7 +81,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(kind, megabyte_cfg,
 
 def test_param_dtype_bfloat16(megabyte_cfg):
   model = Megabyte(megabyte_cfg.replace(param_dtype="bfloat16", dtype="bfloat16"))
-  variables = model.init(jax.random.key(0), _tokens(1, 32))
+  variables = jax.jit(model.init)(jax.random.key(0), _tokens(1, 32))
   dtypes = {p.dtype for p in jax.tree_util.tree_leaves(nn.meta.unbox(variables))}
   assert dtypes == {jnp.dtype(jnp.bfloat16)}
 
@@ -264,15 +265,16 @@ def test_short_causal_attention_matches_dot_product_attention(length):
   rng = np.random.default_rng(length)
   q, k, v = (jnp.asarray(rng.normal(size=(6, length, 3, 16)), jnp.float32) for _ in range(3))
   probe = jnp.asarray(rng.normal(size=(6, length, 3, 16)), jnp.float32)
+  @jax.jit
   def ref(q, k, v):
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
-  np.testing.assert_allclose(short_causal_attention(q, k, v), ref(q, k, v), atol=2e-6)
-  g_ref = jax.grad(lambda *a: (ref(*a) * probe).sum(), argnums=(0, 1, 2))(q, k, v)
-  g = jax.grad(lambda *a: (short_causal_attention(*a) * probe).sum(), argnums=(0, 1, 2))(q, k, v)
+  short = jax.jit(short_causal_attention)
+  np.testing.assert_allclose(short(q, k, v), ref(q, k, v), atol=2e-6)
+  g_ref = jax.jit(jax.grad(lambda *a: (ref(*a) * probe).sum(), argnums=(0, 1, 2)))(q, k, v)
+  g = jax.jit(jax.grad(lambda *a: (short(*a) * probe).sum(), argnums=(0, 1, 2)))(q, k, v)
   for a, b in zip(g, g_ref):
     np.testing.assert_allclose(a, b, atol=1e-5)
-  out = short_causal_attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
-                               v.astype(jnp.bfloat16))
+  out = short(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16))
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(out.astype(jnp.float32), ref(q, k, v), atol=0.05)
 
@@ -335,15 +337,16 @@ def test_megabyte_with_the_pallas_local_attention_matches_xla():
                        global_heads=2, local_dim=32, local_layers=2, local_heads=2,
                        attention_impl="xla")
   tokens = _tokens(2, 32)
-  params = Megabyte(cfg).init(jax.random.key(0), tokens)
+  params = jax.jit(Megabyte(cfg).init)(jax.random.key(0), tokens)
   import dataclasses
   def loss(model, params):
     return model.apply(params, tokens).mean()
   models = [Megabyte(cfg), Megabyte(dataclasses.replace(cfg, attention_impl="pallas"))]
-  # The global model (4 patches) is also short enough for the kernel.
-  logits = [m.apply(params, tokens) for m in models]
+  # The global model (4 patches) is also short enough for the kernel. Compiled: op by op,
+  # the interpreted kernels take many times as long.
+  logits = [jax.jit(m.apply)(params, tokens) for m in models]
   np.testing.assert_allclose(logits[0], logits[1], atol=1e-5)
-  grads = [jax.grad(lambda p, m=m: loss(m, p))(params) for m in models]
+  grads = [jax.jit(jax.grad(lambda p, m=m: loss(m, p)))(params) for m in models]
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), *grads)
 
 

@@ -87,6 +87,42 @@ def test_a_run_of_non_finite_steps_stops_training_with_the_checkpoint_intact(cor
   assert train_and_evaluate(config, workdir)["step"] == config.train.steps
 
 
+def _non_finite_at(bad_steps):
+  """A `make_train_step` whose steps from a state at a step in `bad_steps` get a non-finite
+  loss: the real step runs on NaN parameters (so it skips the update) and the parameters it
+  was given come back, as from a skipped step of a real divergence."""
+  def factory(*args, **kwargs):
+    real = make_train_step(*args, **kwargs)
+
+    def step(state, tokens):
+      if int(state.step) not in bad_steps:
+        return real(state, tokens)
+      poisoned = jax.tree_util.tree_map(lambda p: p * jnp.nan, state.params)
+      new, metrics = real(state.replace(params=poisoned), tokens)
+      assert int(metrics["skipped"]) == 1
+      return new.replace(params=state.params), metrics
+    return step
+  return factory
+
+
+def test_only_consecutive_non_finite_steps_stop_a_run(corpus, tmp_path, monkeypatch):
+  """With train.max_bad_steps=2: non-finite steps alternating with good ones (across log
+  windows) let the run finish, each counted; two in a row stop it, even when a good step
+  follows them in the same log window."""
+  from megabyte_jax.training import setup as setup_lib
+  config = _config(corpus, steps=8)
+  config.train.update(max_bad_steps=2, log_every=3, checkpoint_every=100)
+  monkeypatch.setattr(setup_lib, "make_train_step", _non_finite_at({0, 2, 4, 6}))
+  result = train_and_evaluate(config, str(tmp_path / "alternating"))
+  assert result["step"] == 8 and result["skipped_steps"] == 4
+  assert [r["skipped_steps"] for r in read_metrics(str(tmp_path / "alternating"))
+          if "skipped_steps" in r] == [2, 1, 1]          # steps 1-3, 4-6, 7-8
+  config.train.log_every = 4
+  monkeypatch.setattr(setup_lib, "make_train_step", _non_finite_at({1, 2}))
+  with pytest.raises(TrainingError, match=r"^2 training steps in a row had a non-finite "):
+    train_and_evaluate(config, str(tmp_path / "two_in_a_row"))   # steps 2, 3; 4 is good
+
+
 def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(corpus, tmp_path):
   workdir = str(tmp_path / "run")
   train_and_evaluate(_config(corpus, steps=8), workdir)
@@ -168,8 +204,9 @@ def test_resume_is_bit_identical_with_dropout(corpus, tmp_path):
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   first = {r["step"]: r["train_bpb"] for r in read_metrics(straight) if "train_bpb" in r}
-  again = [r for r in read_metrics(resumed) if "train_bpb" in r][4:]   # steps 6, 8 again
-  assert [r["step"] for r in again] == [6, 8]
+  # The resumed run cut the records logged after step 4 and logged steps 6 and 8 again.
+  again = [r for r in read_metrics(resumed) if "train_bpb" in r]
+  assert [r["step"] for r in again] == [2, 4, 6, 8]
   assert all(r["train_bpb"] == first[r["step"]] for r in again)
 
 

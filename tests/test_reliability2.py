@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, make_corpus, run_module
 from megabyte_jax import CheckpointError, ConfigError, DataError, TrainingError
 from megabyte_jax.training.checkpoint import MANIFEST, CheckpointAccessError, Checkpointer
 from megabyte_jax.training.metrics import read_metrics
@@ -109,6 +109,29 @@ def test_non_finite_checkpoints_are_refused_and_never_evict_the_last_good_one(tm
   ckpt.close()
 
 
+def test_a_deleted_data_file_is_reported_missing_and_the_previous_step_restored(tmp_path):
+  """One data file of the newest step deleted, its manifest kept: restoring that step names
+  the missing file, and the latest-good restore falls back to the step before."""
+  workdir = str(tmp_path / "run")
+  ckpt = Checkpointer(workdir, save_every=1, keep=3)
+  ckpt.save(1, _small_state(1.0))
+  ckpt.save(2, _small_state(2.0))
+  ckpt.close()
+  step_dir = os.path.join(workdir, "checkpoints", "2")
+  victim = _largest_file(os.path.join(step_dir, "state", "ocdbt.process_0", "d"))
+  rel = os.path.relpath(victim, step_dir)
+  ckpt = Checkpointer(workdir, save_every=1, keep=3)
+  assert rel in ckpt.manifest(2)["files"]
+  os.remove(victim)
+  with pytest.raises(CheckpointError, match=f"step 2 .* is corrupt: {rel} is missing$"):
+    ckpt.restore(_abstract_small(), 2)
+  warnings = []
+  step, state, _ = ckpt.restore_latest_good(_abstract_small(), warn=warnings.append)
+  assert step == 1 and float(state["params"]["w"][0, 0]) == 1.0
+  assert len(warnings) == 1 and f"{rel} is missing" in warnings[0], warnings
+  ckpt.close()
+
+
 # ------------------------------------------------------------------ config validation
 
 
@@ -164,8 +187,8 @@ def test_a_start_that_fails_after_validation_leaves_the_workdir_free(corpus, tmp
   assert train_and_evaluate(other, workdir)["step"] == 4
   # config.json is replaced atomically: no temporary file is left
   save_config(workdir, other)
-  assert sorted(os.listdir(workdir)) == ["checkpoints", CONFIG_FILE, "metrics.jsonl",
-                                         "result.json"]
+  assert sorted(os.listdir(workdir)) == ["checkpoints", CONFIG_FILE, "data.json",
+                                         "metrics.jsonl", "result.json"]
 
 
 # ------------------------------------------------------------------ workdir lock
@@ -219,6 +242,39 @@ def test_a_stale_lock_is_taken_over_and_a_foreign_one_refused(corpus, tmp_path, 
   with WorkdirLock(str(workdir)):
     with pytest.raises(WorkdirLocked, match=f"in use by another trainer \\(pid {os.getpid()}"):
       WorkdirLock(str(workdir)).acquire()
+
+
+def test_a_lock_of_a_live_process_we_may_not_signal_is_refused(tmp_path, monkeypatch):
+  """The lock file names a process on this host that `os.kill(pid, 0)` may not signal
+  (PermissionError: it exists, owned by another user): a second trainer is refused and the
+  lock is left as it was. A pid that is gone is taken over."""
+  import socket
+  from megabyte_jax.errors import WorkdirLocked
+  from megabyte_jax.training.workdir_lock import LOCK_FILE, WorkdirLock
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+  try:
+    real_kill = os.kill
+
+    def kill(pid, sig):
+      if pid == sleeper.pid:
+        raise PermissionError(1, "Operation not permitted")
+      return real_kill(pid, sig)
+
+    monkeypatch.setattr(os, "kill", kill)
+    lock = tmp_path / LOCK_FILE
+    text = json.dumps({"pid": sleeper.pid, "host": socket.gethostname()})
+    lock.write_text(text)
+    with pytest.raises(WorkdirLocked, match=f"names a live process \\(pid {sleeper.pid} on "):
+      WorkdirLock(str(tmp_path)).acquire()
+    assert lock.read_text() == text
+  finally:
+    monkeypatch.undo()
+    sleeper.kill()
+    sleeper.wait()
+  said = []
+  with WorkdirLock(str(tmp_path), say=said.append):   # the pid is gone now: taken over
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+  assert len(said) == 1 and f"stale lock {lock} of pid {sleeper.pid}" in said[0]
 
 
 # ------------------------------------------------------------------ real full disks
@@ -541,17 +597,32 @@ def _without_root_file_access(args):
                         capture_output=True, text=True, timeout=600)
 
 
+def _chmod_args(workdir, corpus):
+  return [f"--config={TINY}", f"--workdir={workdir}", f"--config.data.files={corpus}",
+          "--config.data.eval_fraction=0.4", "--config.train.checkpoint_every=5",
+          "--config.train.eval_every=0", "--config.sample.num_bytes=0", "--noprogress"]
+
+
+@pytest.fixture(scope="module")
+def ten_steps(tmp_path_factory):
+  """`(workdir, corpus)`: 10 steps of the tiny config from the command line (checkpoints 5
+  and 10), for tests to copy."""
+  root = tmp_path_factory.mktemp("ten_steps")
+  corpus = make_corpus(root / "corpus")
+  workdir = str(root / "run")
+  run_module("megabyte_jax.train", *_chmod_args(workdir, corpus), "--config.train.steps=10")
+  return workdir, corpus
+
+
 @pytest.mark.parametrize("target", ["step", "checkpoints"])
 def test_chmod_000_on_a_step_or_on_checkpoints_is_one_line_and_renames_nothing(
-    target, tmp_path, corpus):
+    target, tmp_path, ten_steps):
   """A real permission failure (root's bypass dropped): resuming refuses in one line that
   names the permission problem, renames nothing (permissions are not corruption), and the
   run resumes normally once the permissions are fixed."""
   workdir = str(tmp_path / "run")
-  common = [f"--config={TINY}", f"--workdir={workdir}", f"--config.data.files={corpus}",
-            "--config.data.eval_fraction=0.4", "--config.train.checkpoint_every=5",
-            "--config.train.eval_every=0", "--config.sample.num_bytes=0", "--noprogress"]
-  run_module("megabyte_jax.train", *common, "--config.train.steps=10")
+  shutil.copytree(ten_steps[0], workdir)                    # 10 steps, from the CLI
+  common = _chmod_args(workdir, ten_steps[1])
   ckpt_dir = os.path.join(workdir, "checkpoints")
   locked = os.path.join(ckpt_dir, "10") if target == "step" else ckpt_dir
   before = sorted(os.listdir(ckpt_dir))
@@ -571,23 +642,39 @@ def test_chmod_000_on_a_step_or_on_checkpoints_is_one_line_and_renames_nothing(
 
 
 def test_a_truncated_prepared_data_file_is_one_line_at_evaluate(tmp_path, corpus):
-  """A prepared (array_record) validation shard cut short: `evaluate` stops with one line
-  naming the dataset and what to do (before: a traceback from array_record)."""
+  """A prepared (array_record) shard cut short: a validation shard stops `evaluate`, a
+  training shard stops a resumed and a fresh training run, each with one line naming the
+  shard and what to do (before: a traceback from array_record; on resume, a blamed
+  checkpoint)."""
   workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
   run_module("megabyte_jax.train", f"--config={TINY}", f"--workdir={workdir}",
              "--config.data.name=byte_files", f"--config.data.files={corpus}",
              f"--config.data.data_dir={data_dir}", "--config.data.eval_fraction=0.4",
              "--config.train.steps=6", "--config.train.warmup_steps=1",
              "--config.sample.num_bytes=0", "--noprogress")
-  shards = [os.path.join(root, name) for root, _, names in os.walk(data_dir)
-            for name in names if "validation.array_record" in name]
-  assert shards
-  for shard in shards:
+  shards = {split: [os.path.join(root, name) for root, _, names in os.walk(data_dir)
+                    for name in names if f"{split}.array_record" in name]
+            for split in ("train", "validation")}
+  assert shards["train"] and shards["validation"]
+  for shard in shards["validation"]:
     os.truncate(shard, 5000)
   proc = run_module("megabyte_jax.evaluate", f"--workdir={workdir}", "--noprogress",
                     check=False)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: cannot read the validation split of the prepared dataset "
-                         f"'byte_files' in {data_dir}"), last
-  assert "truncated or corrupt" in last
+  assert last.startswith(f"error: the validation shard {shards['validation'][0]} of the "
+                         f"prepared dataset 'byte_files' is damaged: "), last
+  assert "truncated or corrupt" in last and "to prepare it again" in last
+  for shard in shards["train"]:
+    os.truncate(shard, os.path.getsize(shard) // 2)
+  from megabyte_jax.training.workdir import load_config
+  config = load_config(workdir)
+  config.train.steps = 8
+  for where in (workdir, str(tmp_path / "fresh")):     # a resumed run, a fresh one
+    with pytest.raises(DataError) as info:
+      train_and_evaluate(config, where)
+    message = str(info.value)
+    assert message.startswith(f"the train shard {shards['train'][0]} of the prepared "
+                              f"dataset 'byte_files' is damaged: "), message
+    assert "\n" not in message and "to prepare it again" in message
+  assert Checkpointer(workdir).all_steps() == [6]      # no checkpoint blamed or renamed

@@ -233,6 +233,43 @@ def test_indivisible_dimensions_stay_whole():
   assert sharding.fit_spec(P("fsdp", None, "tensor"), (4, 3, 2), mesh) == P(
       "fsdp", None, "tensor" if 2 % size == 0 else None)
   assert sharding.fit_spec(P(("data", "fsdp")), (5,), mesh) == P(("data", "fsdp"))
+  # Larger than the axis but not a multiple of it: whole too (the mesh's shape is all
+  # fit_spec reads, so an abstract mesh of 2 x 2 x 8 stands in for the devices).
+  mesh = jax.sharding.AbstractMesh((2, 2, 8), sharding.MESH_AXES)
+  assert sharding.fit_spec(P("tensor"), (12,), mesh) == P(None)
+  assert sharding.fit_spec(P("tensor"), (16,), mesh) == P("tensor")
+  assert sharding.fit_spec(P("tensor"), (8,), mesh) == P("tensor")
+  assert sharding.fit_spec(P(("data", "fsdp"), "tensor"), (6, 24), mesh) == P(None, "tensor")
+  assert sharding.fit_spec(P(("data", "fsdp"), "tensor"), (12, 20), mesh) == P(
+      ("data", "fsdp"), None)
+
+
+@needs_8
+@pytest.mark.parametrize("shape,dim,heads,whole", [
+    ((1, 1, 8), 24, 12, "heads"),     # 12 heads on tensor = 8
+    ((1, 8, 1), 20, 2, "embed")])     # a width of 20 on fsdp = 8
+def test_parameters_whose_dimension_the_axis_does_not_divide_are_placed_whole(
+    shape, dim, heads, whole):
+  """A model whose head count or width is larger than its mesh axis but no multiple of it:
+  those dimensions stay whole, the others are split, and the parameters are placed."""
+  model = ByteTransformer(TransformerConfig(seq_len=32, dim=dim, layers=1, heads=heads))
+  boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32), jnp.int32))
+  mesh = _mesh(shape)
+  shardings = sharding.param_shardings(boxed["params"], mesh)
+  attn = shardings["model"]["block_0"]["attn"]
+  mlp = shardings["model"]["block_0"]["mlp"]
+  if whole == "heads":   # qkv_kernel [embed, 3, heads, kv]; the MLP's 96 units split
+    assert attn["qkv_kernel"].spec == P("fsdp", None, None, None)
+    assert mlp["in_kernel"].spec == P("fsdp", None, "tensor")
+  else:                  # embed axes whole, heads (2 on tensor = 1) as the rules say
+    assert attn["qkv_kernel"].spec == P(None, None, "tensor", None)
+    assert shardings["embed"]["embedding"].spec == P(None, None)
+  params = jax.tree_util.tree_map(
+      lambda x: np.arange(np.prod(x.shape), dtype=np.float32).reshape(x.shape),
+      nn.meta.unbox(boxed["params"]))
+  placed = jax.device_put(params, shardings)
+  for got, want in zip(jax.tree_util.tree_leaves(placed), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(np.asarray(got), want)
 
 
 @needs_8
@@ -435,9 +472,11 @@ def _start_processes(workdir, steps, corpus):
   """Starts the two processes of a `jax.distributed` run of `helpers/distributed_train.py`."""
   port = _free_port()
   procs = []
-  for i in range(2):
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  for i in range(2):   # the suite's XLA flags (conftest), with 2 devices per process
     env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i), XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PROCESS_ID=str(i),
+               XLA_FLAGS=" ".join(flags + ["--xla_force_host_platform_device_count=2"]),
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                JAX_PLATFORMS="cpu")
     procs.append(subprocess.Popen(

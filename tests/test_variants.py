@@ -19,6 +19,7 @@ from megabyte_jax.flops import model_cost
 from megabyte_jax.inference.generation import cached_logits
 from megabyte_jax.layers import (CausalConvEncoder, KVCache, Mode, StackSpec, TransformerStack,
                                  apply_rotary, cross_patch_cache_len, init_stack_cache)
+from megabyte_jax.layers.attention import _cross_patch_attention, _cross_patch_mask
 from megabyte_jax.models.levels import level_specs, model_stacks
 from megabyte_jax.models.megabyte import conv_encoder
 from megabyte_jax.inference.sampling import sample_uncached
@@ -159,6 +160,29 @@ def test_cross_patch_attention_sees_the_previous_patch():
     assert (np.abs(before[0, 8:12] - after[0, 8:12]).max() > 1e-6) == moves, r
     # 2 local layers reach back 2 patches: patches 2 and 3 may move, patch 4 on may not.
     np.testing.assert_array_equal(before[0, 16:], after[0, 16:])
+
+
+@pytest.mark.parametrize("r", [1, 2, 3, 4])
+def test_cross_patch_keys_are_exactly_the_last_r_of_the_previous_patch(r):
+  """Query q of the patch starting at `start` sees keys `max(0, start - r) .. q` and no
+  other: for the first query of every patch k >= 1, exactly start-r .. start-1 and itself,
+  never start-r-1. Checked on the mask and on the attention weights it gives: with zero
+  queries and keys the weights are uniform over the visible keys, and one-hot values
+  `v[k] = e_k` make each output row those weights."""
+  patch, n = 4, 16
+  visible = np.zeros((n, n), bool)                       # [query, key]
+  for q in range(n):
+    start = q - q % patch
+    visible[q, max(0, start - r):q + 1] = True
+  pos = jnp.arange(n, dtype=jnp.int32)
+  np.testing.assert_array_equal(np.asarray(_cross_patch_mask(pos, pos, patch, r)), visible)
+  for start in range(patch, n, patch):                   # the issue's wording, spelt out
+    assert set(np.flatnonzero(visible[start])) == set(range(start - r, start + 1))
+  zeros = jnp.zeros((1, n, 1, n), jnp.float32)           # [batch, T, heads, head_dim]
+  one_hot = jnp.eye(n, dtype=jnp.float32)[None, :, None, :]
+  attend = jax.jit(_cross_patch_attention, static_argnums=(3, 4))
+  weights = np.asarray(attend(zeros, zeros, one_hot, patch, r))[0, :, 0]
+  np.testing.assert_allclose(weights, visible / visible.sum(1, keepdims=True), atol=1e-6)
 
 
 def test_paper_parameter_tree_is_unchanged():

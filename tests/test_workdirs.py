@@ -157,6 +157,20 @@ def test_a_single_file_and_a_few_files_are_split_by_bytes(tmp_path):
   assert by_bytes and [len(d) for d in evaluation] == [50, 50, 50]
 
 
+@pytest.mark.parametrize("size, fraction, held", [
+    (1001, 0.1, 101), (5, 0.1, 1), (1, 0.1, 1), (0, 0.1, 0), (10, 0.1, 1), (100, 0.07, 7),
+    (10240, 0.1, 1024), (3, 0.5, 2), (7, 1.0, 7)])
+def test_a_byte_split_holds_out_the_ceiling_of_the_fraction(size, fraction, held):
+  """The last ceil(size * fraction) bytes validate, as the fraction is written (100 bytes
+  at 0.07 hold out 7, although 100 * 0.07 is 7.000000000000001 in floating point); any
+  non-empty file gives at least one validation byte."""
+  from megabyte_jax.data import split_by_bytes
+  doc = np.arange(size, dtype=np.uint8)
+  train, evaluation = split_by_bytes([doc], fraction)
+  assert len(evaluation[0]) == held and len(train[0]) == size - held
+  np.testing.assert_array_equal(np.concatenate([train[0], evaluation[0]]), doc)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   """A 4-step tiny run on one file, from the command line with --noprogress."""

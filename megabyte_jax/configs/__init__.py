@@ -3,6 +3,7 @@
     megabyte-train --config=tiny --workdir=runs/t            # a packaged config by name
     megabyte-train --config=megabyte_jax:default --workdir=runs/d
     megabyte-train --config=path/to/my_config.py --workdir=runs/m   # any config file
+    megabyte-train --config=./tiny --workdir=runs/m   # a file named like a packaged config
     megabyte-train --config=runs/d/config.json --workdir=runs/e     # a run's saved config
 
 `tiny.py`, `default.py` and `transformer.py` here are the one source of those configs;
@@ -32,6 +33,12 @@ def config_file(name: str) -> str:
   if name not in PACKAGED:
     raise unknown_config(PREFIX + name)
   return os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+
+
+def is_path(name: str) -> bool:
+  """Whether a `--config` argument names a file rather than a packaged config: it holds a
+  `/` (or the platform's separator) or ends in `.py`."""
+  return "/" in name or os.sep in name or name.endswith(".py")
 
 
 def unknown_config(value: str):
@@ -68,6 +75,10 @@ def resolve(value: str) -> str:
   (optionally followed by `:ARG`, which ml_collections passes to `get_config`), else `value`
   unchanged (a file path).
 
+  A packaged name wins over a file or folder of that name in the working directory (a
+  `--workdir=tiny` does not hide `--config=tiny`, and a stray file named `default` is never
+  run): to load such a file, give it as a path (`./default`, `default.py`; `is_path`).
+
   Raises:
     ConfigError: for `megabyte_jax:NAME` with an unknown NAME, or a path that does not
       exist: naming the packaged configs and the nearest match (`unknown_config`).
@@ -76,7 +87,7 @@ def resolve(value: str) -> str:
     name, _, arg = value[len(PREFIX):].partition(":")
     return config_file(name) + (f":{arg}" if arg else "")
   name, _, arg = value.partition(":")
-  if name in PACKAGED and not os.path.exists(name):
+  if name in PACKAGED and not is_path(name):
     return config_file(name) + (f":{arg}" if arg else "")
   check_config_path(value if "://" in value else name)
   return value

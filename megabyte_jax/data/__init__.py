@@ -15,6 +15,7 @@ validate, the rest trains (`split_by_bytes`). No byte is in both splits.
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import math
 import os
 from typing import Any, Optional
@@ -22,6 +23,7 @@ from typing import Any, Optional
 import numpy as np
 
 from megabyte_jax.errors import DataError
+from megabyte_jax.data import identity as identity_lib
 from megabyte_jax.extras import require
 from megabyte_jax.data.local_files import (STDLIB, EvalWindows, eval_windows, read_documents,
                                            resolve_files, split_files)
@@ -47,6 +49,9 @@ class ByteData:
     eval: every validation byte in model-length windows.
     train_files, eval_files: how many documents are in each split.
     train_bytes: total training bytes, when known without reading everything.
+    identity: what the data is, to notice a change when a run resumes
+      (`megabyte_jax.data.identity`: files with sizes, times and digests, or a prepared
+      dataset's document counts).
   """
 
   train: Any
@@ -54,6 +59,7 @@ class ByteData:
   train_files: int
   eval_files: int
   train_bytes: Optional[int] = None
+  identity: Optional[dict] = None
 
 
 def load_eval_files(pattern: str, seq_len: int) -> tuple[EvalWindows, int]:
@@ -86,10 +92,13 @@ def split_file_lists(data_cfg) -> tuple[list[str], list[str]]:
 def split_by_bytes(docs: list[np.ndarray], eval_fraction: float
                    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
   """Splits each document by bytes: its last `ceil(len * eval_fraction)` bytes validate, the
-  rest trains. Returns `(training documents, validation documents)`; no byte is in both."""
+  rest trains. Returns `(training documents, validation documents)`; no byte is in both.
+  The product is exact, of the fraction as written (`100 * 0.07` holds out 7 bytes, not the
+  8 of its floating-point value 7.000000000000001)."""
+  exact = fractions.Fraction(str(float(eval_fraction)))
   train, evaluation = [], []
   for doc in docs:
-    held = min(len(doc), math.ceil(len(doc) * eval_fraction))
+    held = min(len(doc), math.ceil(len(doc) * exact))
     train.append(doc[:len(doc) - held])
     evaluation.append(doc[len(doc) - held:])
   return train, evaluation
@@ -106,16 +115,27 @@ def split_documents(data_cfg) -> tuple[list[np.ndarray], list[np.ndarray], list[
   Raises:
     DataError: no matching files, unreadable files, or an empty split.
   """
+  train, evaluation, eval_files, by_bytes, _ = _split_local(data_cfg)
+  return train, evaluation, eval_files, by_bytes
+
+
+def _split_local(data_cfg) -> tuple[list[np.ndarray], list[np.ndarray], list[str], bool, dict]:
+  """`split_documents` and the identity of the files read (`identity.local_identity`)."""
   files, train_files, eval_files = _file_split(data_cfg)
   if (train_files and eval_files) or data_cfg.get("eval_files") or not (
       data_cfg.eval_fraction > 0):
     train_files, eval_files = split_file_lists(data_cfg)
-    return read_documents(train_files), read_documents(eval_files), eval_files, False
-  train, evaluation = split_by_bytes(read_documents(files), data_cfg.eval_fraction)
+    train, evaluation = read_documents(train_files), read_documents(eval_files)
+    found = identity_lib.local_identity({"train": (train_files, train),
+                                         "validation": (eval_files, evaluation)}, False)
+    return train, evaluation, eval_files, False, found
+  whole = read_documents(files)
+  train, evaluation = split_by_bytes(whole, data_cfg.eval_fraction)
   if not sum(len(d) for d in evaluation):
     raise DataError(f"the validation split of {data_cfg.files!r} is empty: its "
                     f"{len(files)} file(s) hold no bytes")
-  return train, evaluation, files, True
+  return (train, evaluation, files, True,
+          identity_lib.local_identity({"files": (files, whole)}, True))
 
 
 def _file_split(data_cfg) -> tuple[list[str], list[str], list[str]]:
@@ -211,7 +231,7 @@ def load_byte_data(data_cfg, seq_len: int, patch_size: int = 1) -> ByteData:
   """
   if data_cfg.name == LOCAL_FILES:
     # files of MAP_BYTES or more: memory-mapped
-    train_docs, eval_docs, eval_files, _ = split_documents(data_cfg)
+    train_docs, eval_docs, eval_files, _, identity = _split_local(data_cfg)
     train = InMemorySource(train_docs)
     train_bytes = sum(len(d) for d in train_docs)
     if not train_bytes:   # with a separator, the packer would train on separators alone
@@ -221,7 +241,8 @@ def load_byte_data(data_cfg, seq_len: int, patch_size: int = 1) -> ByteData:
     train = _builder_source(data_cfg, patch_size, "train")
     eval_docs = validation_documents(data_cfg, patch_size)
     train_bytes, eval_files = None, None
+    identity = identity_lib.source_identity(data_cfg.name, len(train), eval_docs)
   windows = eval_windows(eval_docs, seq_len, shuffle_seed=data_cfg.split_seed,
                          names=eval_files)
   return ByteData(train=train, eval=windows, train_files=len(train),
-                  eval_files=len(eval_docs), train_bytes=train_bytes)
+                  eval_files=len(eval_docs), train_bytes=train_bytes, identity=identity)

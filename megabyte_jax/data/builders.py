@@ -434,7 +434,38 @@ def _our_split(builder, split: str):
     raise DataError(f"{builder.name} ({builder.builder_config.options['files']!r}) has no "
                     f"{split!r} split (it has {have}; a split with no files is not written: "
                     f"check eval_fraction / eval_files)")
+  check_shards(builder, base, f"delete {builder.data_dir} to prepare it again")
   return builder.as_data_source(split=split)
+
+
+def check_shards(builder, split: str, fix: str) -> None:
+  """Opens every `array_record` shard of `split` (its footer and index: a truncated shard
+  has none) and compares its record count with the dataset's metadata, so that a damaged
+  shard is named before training reads it lazily (the reader's own error would come from a
+  data-loader thread, or, on resume, look like a damaged checkpoint).
+
+  Raises:
+    DataError: naming the shard and `fix`.
+  """
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  info = builder.info.splits[split]
+  lengths = list(getattr(info, "shard_lengths", None) or [])
+  for index, path in enumerate(info.filepaths):
+    problem = None
+    try:
+      reader = array_record_module.ArrayRecordReader(os.fspath(path))
+      if not reader.ok():
+        problem = "its index cannot be read (it is truncated or corrupt)"
+      elif index < len(lengths) and reader.num_records() != lengths[index]:
+        problem = (f"it holds {reader.num_records():,} records instead of "
+                   f"{lengths[index]:,}")
+      reader.close()
+    except (OSError, RuntimeError, ValueError) as e:
+      problem = (f"{' '.join(str(e).split())[:200] or type(e).__name__} (it is truncated "
+                 f"or corrupt)")
+    if problem:
+      raise DataError(f"the {split} shard {os.fspath(path)} of the prepared dataset "
+                      f"{builder.name!r} is damaged: {problem}; {fix}")
 
 
 # --------------------------------------------------------------------------- catalog names
@@ -576,6 +607,8 @@ def _catalog_source(name: str, options: Optional[Mapping[str, Any]], data_dir: s
   except Exception as e:
     raise DataError(f"{name!r} in {data_dir!r} has no split {split!r} (it has "
                     f"{list(builder.info.splits)}): {e}") from e
+  check_shards(builder, re.match(r"[\w-]*", split).group(0),
+               f"prepare {name!r} again (tfds build {name} --file_format=array_record)")
   return FeatureBytesSource(source, feature, kind, label=f"{name}/{split}", order=opts["order"],
                             patch_size=opts["patch_size"], encoding=opts["encoding"])
 

@@ -39,6 +39,10 @@ from megabyte_jax.errors import CheckpointError
 
 CHECKPOINT_SUBDIR = "checkpoints"
 MANIFEST = "checksums.json"
+# What each step holds: the training state, the input pipeline's position, the run's config
+# (JSON, in STEP/config/metadata: a lost or damaged DIR/config.json can be recovered from it).
+ITEMS = ("state", "data", "config")
+CONFIG_COPY = os.path.join("config", "metadata")
 _FULL_DISK = ("RESOURCE_EXHAUSTED", "No space left on device", "Disk quota exceeded")
 
 
@@ -65,6 +69,16 @@ logging.getLogger("absl").addFilter(_QuietWriteFailures())
 
 class CheckpointAccessError(CheckpointError):
   """A checkpoint cannot be read for lack of permissions (it is not corrupt)."""
+
+
+class CheckpointVanished(CheckpointError):
+  """A checkpoint was deleted while it was being read (the retention of a trainer that is
+  saving into the same directory); it is not corrupt."""
+
+
+# Listing the steps while a trainer deletes old ones may meet a step that vanished: the
+# listing is tried again this many times.
+LIST_ATTEMPTS = 5
 
 
 def _one_line(value: Any, limit: int = 400) -> str:
@@ -146,10 +160,11 @@ def count_non_finite(tree: Any) -> tuple[int, int]:
 class Checkpointer:
   """Saves every `save_every` steps (and on demand), keeps the last `keep`, restores latest.
 
-  A thin layer over `ocp.CheckpointManager` with two items per step: `state` (the training
-  state pytree) and, when given, `data` (the Grain input iterator's position), so that a
-  resumed run continues the input stream exactly where it stopped. See the module docstring
-  for the integrity checks and the retention rule.
+  A thin layer over `ocp.CheckpointManager` with up to three items per step (`ITEMS`):
+  `state` (the training state pytree) and, when given, `data` (the Grain input iterator's
+  position), so that a resumed run continues the input stream exactly where it stopped, and
+  `config` (the run's config, so that it can be recovered). See the module docstring for the
+  integrity checks and the retention rule.
   """
 
   def __init__(self, workdir: str, save_every: int = 1000, keep: Optional[int] = 3):
@@ -165,9 +180,16 @@ class Checkpointer:
     self._pending: dict[int, bool] = {}   # saved by this process, not yet sealed
     options = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=save_every,
                                            create=True)
-    with self._read_errors():
-      self._manager = ocp.CheckpointManager(epath.Path(self.directory), options=options,
-                                            item_names=("state", "data"))
+    for attempt in range(LIST_ATTEMPTS):
+      try:
+        with self._read_errors():
+          self._manager = ocp.CheckpointManager(epath.Path(self.directory), options=options,
+                                                item_names=ITEMS)
+        break
+      except FileNotFoundError:   # a step deleted while listed (a trainer's retention)
+        if attempt == LIST_ATTEMPTS - 1:
+          raise CheckpointError(f"cannot list the checkpoints in {self.directory}: steps "
+                                f"keep vanishing while they are listed") from None
 
   @contextlib.contextmanager
   def _read_errors(self):
@@ -206,16 +228,22 @@ class Checkpointer:
       return None
 
   def save(self, step: int, state: Any, data_iterator: Optional[Any] = None,
-           force: bool = False) -> bool:
-    """Saves `state` (and the Grain `data_iterator`'s position) at `step` if the interval
-    says so (always with `force`). The previous save is finished and sealed first."""
+           force: bool = False, config: Optional[dict] = None) -> bool:
+    """Saves `state` (and the Grain `data_iterator`'s position, and the run's `config` as
+    JSON, `STEP/config/metadata`) at `step` if the interval says so (always with `force`);
+    returns whether it did. The previous save is finished and sealed first. A step that is
+    saved already is not saved again (a stop right after a periodic save)."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    if config is not None:
+      items["config"] = ocp.args.JsonSave(config)
     with self._write_errors(self._in_flight):   # a failed earlier save surfaces here
       self._manager.wait_until_finished()
       self._seal()
     self._in_flight = None
+    if step in self._manager.all_steps():
+      return False
     with self._write_errors(step):
       if not force and not self._manager.should_save(step):
         return False
@@ -340,6 +368,25 @@ class Checkpointer:
     """Whether the checkpoint of `step` holds a data iterator position."""
     return epath.Path(os.path.join(self.directory, str(step), "data")).is_dir()
 
+  def _check_present(self, step: int) -> None:
+    """Raises `CheckpointVanished` when the directory of a listed step is gone (a
+    directory that may not be looked at is left to `_check_access`)."""
+    path = self.step_dir(step)
+    if _remote(path):
+      gone = not epath.Path(path).exists()
+    else:
+      try:
+        os.stat(path)
+        gone = False
+      except FileNotFoundError:
+        gone = True
+      except OSError:
+        gone = False
+    if gone:
+      raise CheckpointVanished(
+          f"the checkpoint of step {step} in {self.directory} was deleted while it was "
+          f"being read (a trainer saving there keeps only its newest checkpoints)")
+
   def _check_access(self, step: int) -> None:
     """Raises `CheckpointAccessError` naming the first file or directory of `step` that
     this user may not read (permissions are not corruption: nothing is renamed)."""
@@ -376,6 +423,7 @@ class Checkpointer:
           f"cannot read the checkpoint of step {step}: permission denied on {e.filename}; "
           f"fix its permissions (the checkpoint is left as it is)") from e
     except OSError as e:
+      self._check_present(step)
       raise CheckpointError(f"cannot read the checkpoint of step {step} in {self.directory}: "
                             f"{e.strerror or e} ({e.filename})") from e
     for rel in sorted(set(expected) | set(actual)):
@@ -402,6 +450,7 @@ class Checkpointer:
 
     Raises:
       CheckpointAccessError: a file of the step may not be read (permissions).
+      CheckpointVanished: the step was deleted meanwhile (by a trainer's retention).
       CheckpointError: when there is no checkpoint or it cannot be read (corrupt, partial,
         non-finite, written by a different model configuration).
     """
@@ -411,8 +460,10 @@ class Checkpointer:
     if step not in self.all_steps():
       raise CheckpointError(
           f"no checkpoint for step {step} in {self.directory}; found {self.all_steps()}")
+    self._check_present(step)
     self._check_access(step)
     self.verify(step)
+    self._check_present(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       if not self.has_data_state(step):
@@ -421,11 +472,16 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except FileNotFoundError as e:
+      self._check_present(step)
+      raise CheckpointError(f"cannot restore the checkpoint of step {step} in "
+                            f"{self.directory}: {_one_line(e)}") from e
     except PermissionError as e:
       raise CheckpointAccessError(
           f"cannot read the checkpoint of step {step}: permission denied on {e.filename}; "
           f"fix its permissions (the checkpoint is left as it is)") from e
     except Exception as e:  # Orbax raises many types for unreadable data.
+      self._check_present(step)
       if "PERMISSION_DENIED" in str(e):
         raise CheckpointAccessError(
             f"cannot read the checkpoint of step {step} in {self.directory}: permission "
@@ -468,6 +524,8 @@ class Checkpointer:
         state = self.restore(abstract_state, step, data_iterator=iterator)
       except CheckpointAccessError:
         raise
+      except CheckpointVanished:   # deleted meanwhile: not corrupt, nothing to set aside
+        continue
       except CheckpointError as e:
         problems.append(f"step {step}: {e}")
         unreadable.append(step)

@@ -81,12 +81,7 @@ class TrainSetup:
         fit the devices or the model, or a batch that does not split over the hosts, the
         mesh's data axes or the gradient-accumulation microbatches (`check_batch`).
     """
-    config_checks.check_config(config)
-    rules = config_checks.check_mesh_rules(config.get("mesh_rules"))
-    model, model_cfg = build_model(config.model)
-    mesh = sharding_lib.make_mesh(config.get("mesh"))
-    sharding_lib.check_model_fits_mesh(model_cfg, mesh)
-    grad_accum = config_checks.check_batch(config.train, mesh, rules)
+    rules, model, model_cfg, mesh, grad_accum = check_setup(config)
     seed = int(config.get("seed", 0) if seed is None else seed)
     optimizer = state_lib.make_optimizer(config.train)
     schedule = state_lib.learning_rate_schedule(config.train)
@@ -126,6 +121,33 @@ class TrainSetup:
   def shard_batch(self, local_batch: np.ndarray) -> jax.Array:
     """The global `[batch, T]` batch from this host's rows `[batch / hosts, T]`."""
     return sharding_lib.shard_batch(local_batch, self.batch_sharding)
+
+
+class Checked(NamedTuple):
+  """What `check_setup` builds on the way: the rules, the model, its config, the mesh and
+  the microbatches per update."""
+  rules: sharding_lib.Rules
+  model: nn.Module
+  model_cfg: Any
+  mesh: jax.sharding.Mesh
+  grad_accum: int
+
+
+def check_setup(config: ml_collections.ConfigDict) -> Checked:
+  """Every check of `TrainSetup.create`, building nothing but the model's module and the
+  mesh (no parameter shapes are traced): the config (`config_checks.check_config`), the
+  sharding rules, the mesh against the devices and the model, the batch against the mesh.
+
+  Raises:
+    ConfigError: the first problem, in one line.
+  """
+  config_checks.check_config(config)
+  rules = config_checks.check_mesh_rules(config.get("mesh_rules"))
+  model, model_cfg = build_model(config.model)
+  mesh = sharding_lib.make_mesh(config.get("mesh"))
+  sharding_lib.check_model_fits_mesh(model_cfg, mesh)
+  grad_accum = config_checks.check_batch(config.train, mesh, rules)
+  return Checked(rules, model, model_cfg, mesh, grad_accum)
 
 
 class Training(NamedTuple):

@@ -36,6 +36,14 @@ def mesh_context(mesh: Optional[jax.sharding.Mesh],
   return stack
 
 
+def all_finite(tree: Any) -> jax.Array:
+  """A boolean scalar: whether every value of the floating-point arrays of `tree` is
+  finite (True for a tree without any)."""
+  leaves = [x for x in jax.tree_util.tree_leaves(tree)
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in leaves] or [True]))
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
                     dropout: bool, schedule: Optional[optax.Schedule] = None, *,
                     grad_accum_steps: int = 1, z_loss: float = 0.0,
@@ -48,8 +56,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
   `tokens` is `[batch, T]` byte ids (uint8 or int32); the loss is the mean next-byte
   cross-entropy. Dropout keys derive from `(seed, step)` (and the microbatch), so a resumed
   run draws the same masks. Metrics: `loss` (nats per byte), `grad_norm`, `skipped` (1
-  when the loss or gradient was not finite and the update was skipped, leaving parameters
-  and optimizer state unchanged) and, given the learning-rate `schedule`, `lr`.
+  when the loss or gradient was not finite, or the update would have made a parameter or
+  the optimizer state non-finite, and the update was skipped, leaving parameters and
+  optimizer state unchanged) and, given the learning-rate `schedule`, `lr`.
 
   Args:
     grad_accum_steps: microbatches per update (must divide the batch); the update equals
@@ -114,9 +123,11 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
     grad_norm = optax.tree_utils.tree_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    # A non-finite loss or gradient skips the update: parameters and optimizer state stay
-    # as they were (the step counter still advances, with the data).
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite loss or gradient, or an update that makes a parameter or the optimizer
+    # state non-finite (an overflow from finite values), skips the update: parameters and
+    # optimizer state stay as they were (the step counter still advances, with the data).
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+              & all_finite(opt_state))
     keep = lambda new, old: jax.tree_util.tree_map(
         lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = state.replace(step=state.step + 1, params=keep(params, state.params),

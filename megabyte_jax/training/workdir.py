@@ -1,8 +1,12 @@
 """The work directory of a run: its resolved config, checkpoints and metrics.
 
-    DIR/config.json      the full resolved experiment config (written by training)
+    DIR/config.json      the full resolved experiment config (written by training; each
+                         checkpoint keeps a copy, in checkpoints/STEP/config/metadata)
+    DIR/data.json        what the data was (files, sizes, times, digests), checked on resume
     DIR/checkpoints/     Orbax checkpoints, one directory per saved step
     DIR/metrics.jsonl    one JSON object per logged step
+    DIR/result.json      the record of the last finished training invocation
+    DIR/train.lock       held by the running trainer
     DIR/tb/              TensorBoard event files
 
 Later commands (`evaluate`, resumed training) need only `--workdir=DIR`.
@@ -20,7 +24,10 @@ from typing import Any, Optional, Union
 from etils import epath
 import ml_collections
 
-from megabyte_jax.training.checkpoint import Checkpointer
+from megabyte_jax.data import identity as identity_lib
+from megabyte_jax.training.checkpoint import (CHECKPOINT_SUBDIR, CONFIG_COPY, LIST_ATTEMPTS,
+                                              CheckpointAccessError, Checkpointer,
+                                              CheckpointVanished)
 from megabyte_jax.config import LEGACY_MEGABYTE_DEFAULTS, LEGACY_TRANSFORMER_DEFAULTS
 from megabyte_jax.errors import CheckpointError, ConfigError, DataError
 from megabyte_jax.loaded import TRAINED_ORDER, LoadedModel
@@ -28,6 +35,7 @@ from megabyte_jax.models import build_model
 from megabyte_jax.training.train_state import abstract_train_state, make_optimizer
 
 CONFIG_FILE = "config.json"
+DATA_FILE = "data.json"
 
 
 PathLike = Union[str, os.PathLike]
@@ -45,11 +53,21 @@ def as_path(path: PathLike) -> epath.Path:
 
 
 def check_workdir(workdir: PathLike) -> None:
-  """Refuses a `--workdir` that exists but is not a directory.
+  """Refuses a `--workdir` that exists but is not a directory, or whose absolute path is
+  not UTF-8 (Orbax and TensorStore cannot write checkpoints there: a run would train and
+  then fail at every save).
 
   Raises:
     ConfigError: naming it.
   """
+  name = os.fspath(workdir)
+  full = name if is_remote(name) else os.path.abspath(os.path.expanduser(name))
+  try:
+    full.encode("utf-8")
+  except UnicodeEncodeError:
+    shown = os.fsencode(full).decode("utf-8", "backslashreplace")
+    raise ConfigError(f"--workdir {shown} is not UTF-8: checkpoints cannot be written to a "
+                      f"path of other bytes; use a UTF-8 name") from None
   path = as_path(workdir)
   try:
     if path.exists() and not path.is_dir():
@@ -95,6 +113,53 @@ def write_text_atomic(path: PathLike, text: str) -> None:
     raise
 
 
+def data_path(workdir: PathLike) -> str:
+  """Path of the data's identity record inside `workdir`."""
+  return os.fspath(as_path(workdir) / DATA_FILE)
+
+
+def save_data_identity(workdir: PathLike, identity: dict) -> str:
+  """Writes the data's identity (`ByteData.identity`) to `DIR/data.json`, atomically;
+  returns the path."""
+  path = data_path(workdir)
+  write_text_atomic(path, json.dumps(identity, sort_keys=True) + "\n")
+  return path
+
+
+def check_data_identity(workdir: PathLike, identity: Optional[dict],
+                        allow_change: bool = False) -> Optional[str]:
+  """Compares the data a resumed run reads now (`identity`) with `DIR/data.json`.
+
+  Returns None when they agree, or when there is nothing to compare (no record, as for a
+  run from before it was kept, or no identity); with `allow_change`, a one-line warning
+  naming what changed.
+
+  Raises:
+    DataError: naming what changed (the first few changes, validation first), unless
+      `allow_change`.
+  """
+  try:
+    saved = json.loads(as_path(data_path(workdir)).read_text(encoding="utf-8"))
+  except (OSError, ValueError):   # none yet, or damaged: recorded again
+    return None
+  if identity is None or not isinstance(saved, dict):
+    return None
+  found = identity_lib.changes(saved, identity)
+  if not found:
+    return None
+  what = identity_lib.describe(found)
+  validation = identity_lib.validation_changed(found)
+  if not allow_change:
+    raise DataError(
+        f"the data of {os.fspath(workdir)!r} changed since it was recorded: {what}; restore "
+        f"it, or pass --allow_data_change to train on the data as it is now"
+        + (" (eval_bpb then does not compare across the change)" if validation else ""))
+  return (f"the data changed since it was recorded: {what}; training goes on with it "
+          f"(--allow_data_change)"
+          + ("; the validation set changed, so eval_bpb does not compare across this point"
+             if validation else ""))
+
+
 def load_config(workdir: PathLike) -> ml_collections.ConfigDict:
   """Reads `DIR/config.json` back into a ConfigDict.
 
@@ -104,14 +169,43 @@ def load_config(workdir: PathLike) -> ml_collections.ConfigDict:
   (`_fill_legacy_fields`), not today's defaults.
 
   Raises:
-    ConfigError: when the file is missing or is not valid JSON.
+    ConfigError: when the file is missing or is not valid JSON (naming, when a checkpoint
+      keeps a copy of the config, the command that recovers it).
   """
   check_workdir(workdir)
   path = config_path(workdir)
   if not epath.Path(path).exists():
+    copy = checkpoint_config_copy(workdir)
+    if copy is not None:
+      raise ConfigError(f"no {CONFIG_FILE} in {os.fspath(workdir)!r}, which holds checkpoints; "
+                        f"each checkpoint keeps the run's config: recover it with "
+                        f"cp {copy} {path}")
     raise ConfigError(f"no {CONFIG_FILE} in {os.fspath(workdir)!r}: not a training directory "
                       f"(train into it first: megabyte-train --config=NAME --workdir=DIR)")
-  return load_config_file(path)
+  try:
+    return load_config_file(path)
+  except ConfigError as e:
+    copy = checkpoint_config_copy(workdir)
+    if copy is None:
+      raise
+    raise ConfigError(f"{e}; each checkpoint keeps the run's config: recover it with "
+                      f"cp {copy} {path}") from e
+
+
+def checkpoint_config_copy(workdir: PathLike) -> Optional[str]:
+  """The path of the config kept in the newest checkpoint of `workdir` that has one
+  (`checkpoints/STEP/config/metadata`), or None."""
+  directory = as_path(workdir) / CHECKPOINT_SUBDIR
+  try:
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()),
+                   reverse=True)
+    for step in steps:
+      copy = directory / str(step) / CONFIG_COPY
+      if copy.exists():
+        return os.fspath(copy)
+  except OSError:
+    pass
+  return None
 
 
 def load_config_file(path: PathLike) -> ml_collections.ConfigDict:
@@ -226,6 +320,10 @@ def resolve_config(workdir: PathLike, config: Optional[ml_collections.ConfigDict
     return load_config(workdir)
   if epath.Path(config_path(workdir)).exists():
     saved = load_config(workdir)
+  else:   # none, or config.json lost: then the checkpoints' copy holds the run's model
+    copy = checkpoint_config_copy(workdir)
+    saved = None if copy is None else load_config_file(copy)
+  if saved is not None:
     changed = _diff(_checkpoint_fields(saved.model), _checkpoint_fields(config.model), "model")
     if changed:
       raise ConfigError(
@@ -293,19 +391,58 @@ def load_trained(workdir: PathLike, step: Optional[int] = None) -> LoadedModel:
     default the latest checkpoint), `.config` (the saved config). Unpacking it as the
     tuple `(config, model, params, step)` still works, with a `DeprecationWarning`.
 
+  A trainer may be saving into `workdir` meanwhile: when its retention deletes the step
+  being read (the newest when it was listed), the then newest one is read instead (a `step`
+  asked for that vanishes is a `CheckpointError`).
+
   Raises:
     ConfigError: no config in `workdir`. CheckpointError: no or unreadable checkpoint.
   """
   config = load_config(workdir)
   model, model_cfg = build_model(config.model)
+  abstract = abstract_train_state(model, model_cfg.seq_len, make_optimizer(config.train))
+  attempts = 0
+  while True:
+    try:
+      params, chosen = _read_params(workdir, abstract, step)
+      return LoadedModel(model=model, params=params, config=config, step=chosen,
+                         legacy_order=TRAINED_ORDER)
+    except CheckpointVanished:
+      attempts += 1
+      if step is not None or attempts >= LIST_ATTEMPTS:
+        raise
+
+
+def _read_params(workdir: PathLike, abstract: Any, step: Optional[int]) -> tuple[Any, int]:
+  """`(parameters, step)` of `step` (default: the newest). A newest step that fails to read
+  while a newer one has appeared meanwhile was deleted under the reader by a trainer's
+  retention: `CheckpointVanished`."""
   checkpointer = Checkpointer(workdir, save_every=1, keep=None)
   try:
-    if checkpointer.latest_step() is None:
+    newest = checkpointer.latest_step()
+    if newest is None:
       raise CheckpointError(f"no checkpoint in {checkpointer.directory}: has training run?")
-    step = checkpointer.latest_step() if step is None else step
-    abstract = abstract_train_state(model, model_cfg.seq_len, make_optimizer(config.train))
-    state = checkpointer.restore(abstract, step)
+    chosen = newest if step is None else step
+    try:
+      return checkpointer.restore(abstract, chosen).params, int(chosen)
+    except (CheckpointVanished, CheckpointAccessError):
+      raise
+    except CheckpointError as e:
+      if step is None and _newest_step(workdir) != chosen:
+        raise CheckpointVanished(f"the checkpoint of step {chosen} was replaced while it "
+                                 f"was being read: {e}") from e
+      raise
   finally:
     checkpointer.close()
-  return LoadedModel(model=model, params=state.params, config=config, step=int(step),
-                     legacy_order=TRAINED_ORDER)
+
+
+def _newest_step(workdir: PathLike) -> Optional[int]:
+  """The newest step listed now (None when none, or when the listing fails)."""
+  try:
+    checkpointer = Checkpointer(workdir, save_every=1, keep=None)
+  except CheckpointError:
+    return None
+  try:
+    return checkpointer.latest_step()
+  finally:
+    checkpointer.close()
