@@ -42,6 +42,7 @@ RUNS = {
     "fp8_4heads": {"model.local_heads": 4, "model.fp8": True},
     "rope": {"model.positions": "rotary"},
     "rope_local_lr2": {"model.positions": "rotary", "train.lr_scales": (("local_", 2.0),)},
+    "rope_swiglu": {"model.positions": "rotary", "model.activation": "swiglu"},
 }
 
 
