@@ -90,6 +90,27 @@ def test_a_models_context_and_batch_reach_its_config_steps_and_flops():
       == pytest.approx(19 + 201 * 64 / 12800)
 
 
+def test_auto_budgets_count_a_models_own_bytes_per_step():
+  # At batch 8 (512 bytes per step, 4x the study's), 2x the finished budget fits 50 s and
+  # 4x does not.
+  study = _study()
+  wide = {k: v for k, v in dict(study["models"][1], batch_size=8).items() if k != "budgets"}
+  auto = _study(models=[wide], budgets=[1e10, "auto"], auto_multiples=(2, 4))
+  costs = spec_lib.model_costs(auto)
+  cost = costs[wide["name"]]
+  done = [{"model": wide["name"], "status": "done", "steps": 101, "batch_size": 8,
+           "seq_len": 64, "bytes_per_s": 12800.0, "wall_s": 20.0, "budget_flops": 1e10,
+           "train_flops_per_byte": cost.train_flops_per_byte}]
+  fixed = 20 - 100 * 512 / 12800
+  for multiple in (2, 4):
+    steps = spec_lib.model_steps(auto, wide, cost, multiple * 1e10)
+    expected = fixed + steps * 512 / 12800
+    assert runner.estimate_seconds(wide["name"], steps, auto, cost, done, 512) \
+        == pytest.approx(expected)
+    assert (expected <= 50) == (multiple == 2)
+  assert runner.resolve_auto_budget(auto, costs, done, 50 / 0.85, [wide]) == 2e10
+
+
 def test_model_budgets_choose_the_runs():
   study = _study()
   spec_lib.check_study(study)
