@@ -113,7 +113,8 @@ def _bpb_plot(plt, records, lines, colors, x_key, x_label, title, path) -> str:
   ax.set_xscale("log")
   ax.set_xlabel(x_label)
   ax.set_ylabel("held-out bits per byte")
-  ax.set_title(title + ("  (faint: other learning rates)" if others else ""))
+  ax.set_title(title + ("  (faint: other runs of a series, e.g. learning rates)"
+                        if others else ""))
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
   fig.tight_layout()

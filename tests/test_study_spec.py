@@ -280,7 +280,8 @@ def test_a_study_with_model_contexts_and_budgets_end_to_end(packages_root, tmp_p
   manifest = json.load(open(os.path.join(results, "results.json")))["corpora"]["main"]
   share = manifest["eval"]["share_past"]
   assert set(share) == {"32", "64"} and 0 < share["64"] < share["32"] < 1
-  assert any("past the first N bytes of their file" in line for line in lines)
+  assert any("of them past the first 32 bytes of their file: " in line and ", past 64: "
+             in line for line in lines)
   # A learning-rate variant of the long model (its record as a sweep would write it) is
   # drawn as a faint point, and the tables give the best of the two.
   records_lib.save_run(results, dict(long, run="transformer-long-lr2x@1.2e8",

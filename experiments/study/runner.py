@@ -82,12 +82,13 @@ def share_past(eval_dir: str, contexts: Sequence[int]) -> dict[str, float]:
 
 
 def _context_note(manifest: dict) -> str:
-  """", of which past the first 2,048 bytes of their file: 41%, 8,192: 18%" (or "")."""
+  """"; of them past the first 2,048 bytes of their file: 41%, past 8,192: 18%" (or "")."""
   shares = manifest.get("eval", {}).get("share_past")
   if not shares:
     return ""
-  parts = [f"{int(c):,}: {share:.0%}" for c, share in shares.items()]
-  return "; past the first N bytes of their file (N: share) " + ", ".join(parts)
+  (first, share), *rest = shares.items()
+  return (f"; of them past the first {int(first):,} bytes of their file: {share:.0%}"
+          + "".join(f", past {int(c):,}: {s:.0%}" for c, s in rest))
 
 
 # -------------------------------------------------------------------------------- timing
