@@ -16,7 +16,7 @@ from experiments import plot_results
 from experiments.study.records import write_tables
 from experiments.study.runner import run_study
 from experiments.study.spec import (AUTO, StudyError, check_study, load_study, model_costs,
-                                    parse_budgets, plan_lines)
+                                    parse_budgets, plan_lines, select_runs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -32,8 +32,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       help="run directories (checkpoints, metrics)")
   parser.add_argument("--corpus_root", default="/tmp/megabyte_study/corpus",
                       help="where corpora are built (reused when the options match)")
-  parser.add_argument("--budgets", default=None, help="override, e.g. 1e15,4e15 or 1e15,auto")
-  parser.add_argument("--models", default=None, help="only these models (comma-separated)")
+  parser.add_argument("--budgets", default=None,
+                      help="override, e.g. 1e15,4e15 or 1e15,auto; a model with its own "
+                      "budgets runs at those of them it lists")
+  parser.add_argument("--models", default=None,
+                      help="only these models (comma-separated), at their budgets")
   parser.add_argument("--time_limit_s", type=float, default=None,
                       help="skip runs expected to end after this many seconds (default: the "
                       "study's time_limit_s, if any)")
@@ -45,20 +48,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       "budgets then compile their initialisation and evaluation once); '' "
                       "turns it off")
   parser.add_argument("--keep_checkpoints", action="store_true")
-  parser.add_argument("--dry_run", action="store_true", help="print the plan and stop")
+  parser.add_argument("--dry_run", "--plan", action="store_true",
+                      help="print the plan (per budget: each model's context x batch, "
+                      "parameters, FLOPs per byte, learning rate, steps, bytes) and stop")
   parser.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
                       help="draw the plots at the end (needs matplotlib)")
   args = parser.parse_args(argv)
   try:
-    study = load_study(args.study)
-    if args.budgets:
-      study["budgets"] = parse_budgets(args.budgets)
-    if args.models:
-      wanted = [m for m in args.models.split(",") if m]
-      unknown = sorted(set(wanted) - {m["name"] for m in study["models"]})
-      if unknown:
-        raise StudyError(f"unknown model(s) {unknown}")
-      study["models"] = [m for m in study["models"] if m["name"] in wanted]
+    study = select_runs(load_study(args.study),
+                        parse_budgets(args.budgets) if args.budgets else None,
+                        [m for m in args.models.split(",") if m] if args.models else None)
     if args.corpus_roots:
       study["corpus"]["roots"] = args.corpus_roots
     if args.mnist:

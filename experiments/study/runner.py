@@ -18,8 +18,9 @@ import jax
 
 from experiments import corpus as corpus_lib
 from experiments.study.records import budget_tag, load_runs, run_id, save_run, write_results
-from experiments.study.spec import (AUTO, DEFAULT_AUTO_MULTIPLES, StudyError, corpus_key,
-                                    experiment_config, model_costs, steps_for_budget)
+from experiments.study.spec import (AUTO, DEFAULT_AUTO_MULTIPLES, StudyError, bytes_per_step,
+                                    corpus_key, experiment_config, model_batch_size,
+                                    model_costs, model_seq_len, model_steps, runs_at)
 from megabyte_jax.train import train_and_evaluate
 from megabyte_jax.training.metrics import read_metrics
 
@@ -43,7 +44,9 @@ def prepare_corpora(study: dict, corpus_root: str) -> dict[str, dict]:
         spec.get("max_file_bytes", 1 << 20), int(spec.get("shard_bytes", 1 << 20)),
         int(spec.get("seed", 0)))
     train_dir, eval_dir = corpus_lib.corpus_data_paths(directory)
-    manifest = dict(manifest, build_seconds=round(time.perf_counter() - start, 1))
+    contexts = sorted({model_seq_len(study, m) for m in study["models"]})
+    manifest = dict(manifest, build_seconds=round(time.perf_counter() - start, 1),
+                    eval=dict(manifest["eval"], share_past=share_past(eval_dir, contexts)))
     out["main"] = {"train": train_dir, "eval": eval_dir, "manifest": manifest}
     return out
   images, _ = corpus_lib.load_mnist(spec["source"])
@@ -60,6 +63,32 @@ def prepare_corpora(study: dict, corpus_root: str) -> dict[str, dict]:
     out[key] = {"train": train_dir, "eval": eval_dir, "manifest": manifest,
                 "dir": directory}
   return out
+
+
+def share_past(eval_dir: str, contexts: Sequence[int]) -> dict[str, float]:
+  """`{str(L): share}`: for each context L, the share of the held-out bytes under `eval_dir`
+  (one document per file) that lie past the first L bytes of their file.
+
+  The final evaluation scores each file from an empty context in consecutive windows of the
+  model's context, so these are the bytes that a model of context L sees without the start
+  of their file: between two contexts L1 < L2, the bytes whose context differs are
+  `share[L1]` of the held-out bytes, and all other bytes are scored with the same context.
+  """
+  sizes = [os.path.getsize(os.path.join(d, name))
+           for d, _, names in os.walk(eval_dir) for name in names]
+  total = sum(sizes)
+  return {str(c): round(sum(max(0, n - c) for n in sizes) / total, 4) if total else 0.0
+          for c in contexts}
+
+
+def _context_note(manifest: dict) -> str:
+  """"; of them past the first 2,048 bytes of their file: 41%, past 8,192: 18%" (or "")."""
+  shares = manifest.get("eval", {}).get("share_past")
+  if not shares:
+    return ""
+  (first, share), *rest = shares.items()
+  return (f"; of them past the first {int(first):,} bytes of their file: {share:.0%}"
+          + "".join(f", past {int(c):,}: {s:.0%}" for c, s in rest))
 
 
 # -------------------------------------------------------------------------------- timing
@@ -138,8 +167,11 @@ def run_training(config, workdir: str) -> dict:
 
 def run_record(study: dict, model: dict, budget: float, steps: int, cost, outcome: dict,
                corpus_info: dict, device: str) -> dict:
-  """The result record of one finished run (a row of results.csv plus details)."""
-  batch, seq_len = int(study["batch_size"]), int(study["seq_len"])
+  """The result record of one finished run (a row of results.csv plus details), with the
+  model's own context and batch (`seq_len`, `batch_size`), its `series` (what the plots
+  draw as one line: the model dict's `series`, else its name) and its peak
+  `learning_rate`."""
+  batch, seq_len = model_batch_size(study, model), model_seq_len(study, model)
   bytes_trained = steps * batch * seq_len
   timings = run_timings(outcome, batch, seq_len)
   train_bytes = corpus_info["manifest"]["train"]["bytes"]
@@ -169,14 +201,18 @@ def run_record(study: dict, model: dict, budget: float, steps: int, cost, outcom
       "compile_s": rounded("compile_s", 2), "train_s": rounded("train_s", 2),
       "bytes_per_s": rounded("bytes_per_s", 1), "final_eval_s": rounded("final_eval_s", 2),
       "skipped_steps": outcome.get("skipped_steps", 0), "device": device,
-      "status": "done", "curve": curve,
+      "status": "done", "series": model.get("series", model["name"]),
+      "learning_rate": model.get("learning_rate",
+                                 study.get("train", {}).get("learning_rate")),
+      "curve": curve,
       "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
 
 
-def estimate_seconds(model_name: str, steps: int, study: dict, cost, done: Sequence[dict]
-                     ) -> Optional[float]:
-  """Expected wall-clock of a run, from the finished runs (None when there are none).
+def estimate_seconds(model_name: str, steps: int, study: dict, cost, done: Sequence[dict],
+                     step_bytes: Optional[int] = None) -> Optional[float]:
+  """Expected wall-clock of a run of `steps` steps of `step_bytes` bytes (default: the
+  study's batch x context), from the finished runs (None when there are none).
 
   A finished run of the same model gives its bytes/s and fixed cost (loading, compiling,
   evaluating); otherwise the finished runs' mean training FLOP/s and fixed cost are used.
@@ -184,7 +220,9 @@ def estimate_seconds(model_name: str, steps: int, study: dict, cost, done: Seque
   finished = [r for r in done if r.get("status") == "done" and r.get("bytes_per_s")]
   if not finished:
     return None
-  bytes_needed = steps * study["batch_size"] * study["seq_len"]
+  if step_bytes is None:
+    step_bytes = int(study["batch_size"]) * int(study["seq_len"])
+  bytes_needed = steps * step_bytes
 
   def fixed(r):   # what a run costs besides its timed steps: loading, compiling, evaluating
     timed_bytes = max(r["steps"] - 1, 0) * r["batch_size"] * r["seq_len"]
@@ -214,9 +252,8 @@ def resolve_auto_budget(study: dict, costs: dict, done: Sequence[dict], remainin
     total = 0.0
     for model in models:
       cost = costs[model["name"]]
-      steps = steps_for_budget(budget, cost.train_flops_per_byte, study["batch_size"],
-                               study["seq_len"])
-      estimate = estimate_seconds(model["name"], steps, study, cost, done)
+      estimate = estimate_seconds(model["name"], model_steps(study, model, cost, budget),
+                                  study, cost, done, bytes_per_step(study, model))
       if estimate is None:
         return None
       total += estimate
@@ -231,7 +268,8 @@ def resolve_auto_budget(study: dict, costs: dict, done: Sequence[dict], remainin
 def run_study(study: dict, results_dir: str, work_root: str, corpus_root: str,
               time_limit_s: Optional[float] = None, keep_checkpoints: bool = False,
               log: Callable[[str], None] = print) -> list[dict]:
-  """Runs every (budget, model) of `study` not already in `results_dir`; returns all records.
+  """Runs every (budget, model) of `study` not already in `results_dir` (at each budget,
+  the models of `spec.runs_at`); returns all records.
 
   Each record names its run directory (`workdir`) and, for images, its corpus directory
   (`corpus_dir`); checkpoints are deleted after each run unless `keep_checkpoints`.
@@ -242,55 +280,65 @@ def run_study(study: dict, results_dir: str, work_root: str, corpus_root: str,
   for key, info in corpora.items():
     m = info["manifest"]
     log(f"corpus {key}: {m['train']['bytes']:,} training bytes, {m['eval']['bytes']:,} "
-        f"held-out bytes")
+        f"held-out bytes" + _context_note(m))
   records = load_runs(results_dir)
-  done_ids = {r["run"] for r in records if r.get("status") == "done"}
   device = device_description()
   log(f"device: {device}")
-  budgets = list(study["budgets"])
-  for budget in budgets:
-    elapsed = time.perf_counter() - start
-    remaining = None if time_limit_s is None else time_limit_s - elapsed
+  for budget in list(study["budgets"]):
+    models = runs_at(study, budget)
     if budget == AUTO:
-      if remaining is None:
+      if time_limit_s is None:
         raise StudyError("an 'auto' budget needs --time_limit_s")
-      budget = resolve_auto_budget(study, costs, records, remaining, study["models"])
+      budget = resolve_auto_budget(study, costs, records,
+                                   time_limit_s - (time.perf_counter() - start), models)
       if budget is None:
         log("budget auto: no multiple of the finished budgets fits the time left; skipped")
         continue
       log(f"budget auto -> {budget_tag(budget)} FLOPs")
-    for model in study["models"]:
-      rid = run_id(model["name"], budget)
-      if rid in done_ids:
-        log(f"{rid}: already done, kept")
+    for model in models:
+      deadline = None if time_limit_s is None else start + time_limit_s
+      record = _run_one(study, model, budget, costs[model["name"]], records, deadline,
+                        corpora, work_root, device, log)
+      if record is None:
         continue
-      cost = costs[model["name"]]
-      steps = steps_for_budget(budget, cost.train_flops_per_byte, study["batch_size"],
-                               study["seq_len"])
-      elapsed = time.perf_counter() - start
-      estimate = estimate_seconds(model["name"], steps, study, cost, records)
-      if time_limit_s is not None and estimate is not None \
-          and elapsed + estimate > time_limit_s:
-        log(f"{rid}: skipped, expected {estimate:.0f} s but {time_limit_s - elapsed:.0f} s left")
-        continue
-      info = corpora[corpus_key(study, model)]
-      config = experiment_config(study, model, steps, info["train"], info["eval"])
-      workdir = os.path.join(work_root, study["name"], rid.replace("@", "_at_"))
-      log(f"{rid}: {steps} steps, {steps * study['batch_size'] * study['seq_len']:,} bytes, "
-          f"{steps * study['batch_size'] * study['seq_len'] * cost.train_flops_per_byte:.3e} "
-          f"FLOPs" + (f" (expected {estimate:.0f} s)" if estimate else ""))
-      outcome = run_training(config, workdir)
-      record = run_record(study, model, budget, steps, cost, outcome, info, device)
-      record["workdir"] = workdir
-      if "dir" in info:
-        record["corpus_dir"] = info["dir"]
       save_run(results_dir, record)
-      records = [r for r in records if r["run"] != rid] + [record]
-      done_ids.add(rid)
+      records = [r for r in records if r["run"] != record["run"]] + [record]
       write_results(results_dir, study, corpora, records)
-      log(f"{rid}: eval {record['eval_bpb']:.4f} bits/byte, {record['wall_s']:.0f} s "
-          f"({record['bytes_per_s'] or 0:,.0f} bytes/s)")
       if not keep_checkpoints:
-        shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+        shutil.rmtree(os.path.join(record["workdir"], "checkpoints"), ignore_errors=True)
   write_results(results_dir, study, corpora, records)
   return records
+
+
+def _run_one(study: dict, model: dict, budget: float, cost, records: Sequence[dict],
+             deadline: Optional[float], corpora: dict, work_root: str, device: str,
+             log: Callable[[str], None]) -> Optional[dict]:
+  """Trains `model` at `budget` and returns its record; None when it is done already or
+  would end after `deadline` (a `time.perf_counter()` time, None: no limit)."""
+  rid = run_id(model["name"], budget)
+  if any(r["run"] == rid and r.get("status") == "done" for r in records):
+    log(f"{rid}: already done, kept")
+    return None
+  steps = model_steps(study, model, cost, budget)
+  step_bytes = bytes_per_step(study, model)
+  estimate = estimate_seconds(model["name"], steps, study, cost, records, step_bytes)
+  if deadline is not None and estimate is not None \
+      and time.perf_counter() + estimate > deadline:
+    log(f"{rid}: skipped, expected {estimate:.0f} s but "
+        f"{deadline - time.perf_counter():.0f} s left")
+    return None
+  info = corpora[corpus_key(study, model)]
+  config = experiment_config(study, model, steps, info["train"], info["eval"])
+  workdir = os.path.join(work_root, study["name"], rid.replace("@", "_at_"))
+  log(f"{rid}: {steps} steps of {model_batch_size(study, model)} x "
+      f"{model_seq_len(study, model):,} bytes, {steps * step_bytes:,} bytes, "
+      f"{steps * step_bytes * cost.train_flops_per_byte:.3e} FLOPs"
+      + (f" (expected {estimate:.0f} s)" if estimate else ""))
+  outcome = run_training(config, workdir)
+  record = run_record(study, model, budget, steps, cost, outcome, info, device)
+  record["workdir"] = workdir
+  if "dir" in info:
+    record["corpus_dir"] = info["dir"]
+  log(f"{rid}: eval {record['eval_bpb']:.4f} bits/byte, {record['wall_s']:.0f} s "
+      f"({record['bytes_per_s'] or 0:,.0f} bytes/s)")
+  return record
