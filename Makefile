@@ -28,7 +28,7 @@ train: $(STAMP)
 # sharding tests need 8 emulated CPU devices, set before JAX starts: their own run, spread
 # test by test.
 TEST_WORKERS ?= 4
-PYTEST := $(PY) -m pytest -q -n auto --maxprocesses=$(TEST_WORKERS)
+PYTEST := $(PY) -m pytest -q -n auto --maxprocesses=$(TEST_WORKERS) --durations=20
 test: $(STAMP)
 	$(PYTEST) --dist loadfile --ignore=tests/test_sharding.py
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PYTEST) tests/test_sharding.py
