@@ -9,18 +9,28 @@ CONFIG ?= experiments/configs/default.py
 
 .PHONY: train test install clean
 
-# The package in editable mode with the extras a checkout uses: [dev] for the tests, [tfds] for
-# the TFDS sources, [experiments] for plots and the notebook (GPU: EXTRAS=dev,tfds,experiments,cuda12).
+# The package in editable mode. `make train` installs what training needs (the package and
+# its [tensorboard] extra: TRAIN_EXTRAS); `make test` and `make install` add the extras a
+# checkout uses: [dev] for the tests, [tfds] for the TFDS sources, [experiments] for plots and
+# the notebook (GPU: EXTRAS=dev,tfds,experiments,cuda12).
+TRAIN_EXTRAS ?= tensorboard
 EXTRAS ?= dev,tfds,experiments
+TRAIN_STAMP := $(VENV)/.installed-train
+$(TRAIN_STAMP): pyproject.toml requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || $(PYTHON) -m virtualenv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --editable ".[$(TRAIN_EXTRAS)]"
+	@touch $(TRAIN_STAMP)
+
 $(STAMP): pyproject.toml requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || $(PYTHON) -m virtualenv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --editable ".[$(EXTRAS)]"
-	@touch $(STAMP)
+	$(PY) -m pip install --quiet --editable ".[$(EXTRAS),$(TRAIN_EXTRAS)]"
+	@touch $(STAMP) $(TRAIN_STAMP)
 
 install: $(STAMP)
 
-train: $(STAMP)
+train: $(TRAIN_STAMP)
 	$(PY) -m megabyte_jax.train --config=$(CONFIG) --workdir=$(WORKDIR)
 
 # Tests run in parallel processes (pytest-xdist: one per core, at most TEST_WORKERS), each
