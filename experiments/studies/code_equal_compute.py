@@ -50,9 +50,10 @@ a command can be repeated after an interruption; `--models=NAME` runs one model)
         --results=experiments/results/code_scaling          # 3 runs,  ~10 min each
     python -m experiments.plot_results --results=experiments/results/code_scaling
 
-(Times at about 170 TFLOP/s of model FLOPs, with compilation and evaluations. A run
-interrupted before its end starts again from scratch: where a command has a time limit,
-run the 1e17 models one per command, `--budgets=1e17 --models=megabyte-p8-l`.)
+(Times at about 170 TFLOP/s of model FLOPs, with compilation and evaluations. Runs save a
+checkpoint every 1,000 steps: where a command has a time limit shorter than a run, repeat
+it with `--resume` on the same machine and work root and the unfinished run continues,
+e.g. `--budgets=1e17 --models=megabyte-p8-l --resume`.)
 
 Sizes. MEGABYTE of width w and depth n: local model w x n with 8 attention heads of 64
 (the peer's local attention, as `experiments/configs/peer_match.py`), global model 2n layers
@@ -184,7 +185,7 @@ def _scaling_study() -> dict:
       "model_defaults": {"dtype": "bfloat16", "param_dtype": "float32"},
       "train": {"learning_rate": BASE_LR, "warmup_fraction": 0.05, "min_lr_ratio": 0.1,
                 "weight_decay": 0.1, "b2": 0.95, "grad_clip": 1.0},
-      "quick_evals": 4, "eval_batches": 8,
+      "quick_evals": 4, "eval_batches": 8, "checkpoint_every": 1000,
       "budgets": list(SCALING_SIZES),
       "models": scaling_models(),
   }

@@ -41,7 +41,9 @@ A budget may be "auto": once the earlier budgets are done, it becomes the larges
 `auto_multiples` times the largest finished budget whose runs, estimated from the measured
 speed of the finished ones, fit in what is left of `--time_limit_s`. Runs that would not fit
 are skipped and recorded as such; finished runs are never redone (run the same command again
-to continue a study).
+to continue a study). A study's `checkpoint_every` (default: only at the end) saves runs on
+the way, and `--resume` continues a run that a time limit or a kill cut short from its
+newest checkpoint in `--work_root`, instead of starting it again.
 
 Results, in `--results`:
 

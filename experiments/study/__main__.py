@@ -48,6 +48,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       "budgets then compile their initialisation and evaluation once); '' "
                       "turns it off")
   parser.add_argument("--keep_checkpoints", action="store_true")
+  parser.add_argument("--resume", action="store_true",
+                      help="continue a run left unfinished in --work_root (a time limit or a "
+                      "kill) from its newest checkpoint instead of starting it again; its "
+                      "wall_s is that of the last call, its train_s covers every part")
+
   parser.add_argument("--dry_run", "--plan", action="store_true",
                       help="print the plan (per budget: each model's context x batch, "
                       "parameters, FLOPs per byte, learning rate, steps, bytes) and stop")
@@ -81,7 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     started = time.perf_counter()
     records = run_study(study, args.results, args.work_root, args.corpus_root,
                         None if args.time_limit_s is None else args.time_limit_s - reserve,
-                        keep_checkpoints=args.keep_checkpoints or images)
+                        keep_checkpoints=args.keep_checkpoints or images,
+                        resume=args.resume)
     if images:   # samples from each model's largest budget, in the time left
       left = None if args.time_limit_s is None else \
           args.time_limit_s - (time.perf_counter() - started)

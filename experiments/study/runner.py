@@ -150,11 +150,19 @@ def device_description() -> str:
 # ---------------------------------------------------------------------------------- runs
 
 
-def run_training(config, workdir: str) -> dict:
-  """Runs `train_and_evaluate(config, workdir)` from scratch; returns its result record (a
-  mapping) as a dict plus `metrics`, the run's metric records, and `wall_s`, the seconds the
-  call took, where the record has none."""
-  if os.path.exists(workdir):
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a saved step (a numbered directory under `checkpoints/`)."""
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
+def run_training(config, workdir: str, resume: bool = False) -> dict:
+  """Runs `train_and_evaluate(config, workdir)`: from scratch (an existing `workdir` is
+  deleted first), or with `resume`, from the newest checkpoint of an unfinished run in
+  `workdir` where it has one. Returns the result record (a mapping) as a dict plus
+  `metrics`, the run's metric records (all of them, across resumes), and `wall_s`, the
+  seconds this call took, where the record has none."""
+  if os.path.exists(workdir) and not (resume and has_checkpoint(workdir)):
     shutil.rmtree(workdir)
   start = time.perf_counter()
   result = train_and_evaluate(config, workdir, progress=False)
@@ -267,12 +275,14 @@ def resolve_auto_budget(study: dict, costs: dict, done: Sequence[dict], remainin
 
 def run_study(study: dict, results_dir: str, work_root: str, corpus_root: str,
               time_limit_s: Optional[float] = None, keep_checkpoints: bool = False,
-              log: Callable[[str], None] = print) -> list[dict]:
+              log: Callable[[str], None] = print, resume: bool = False) -> list[dict]:
   """Runs every (budget, model) of `study` not already in `results_dir` (at each budget,
   the models of `spec.runs_at`); returns all records.
 
   Each record names its run directory (`workdir`) and, for images, its corpus directory
-  (`corpus_dir`); checkpoints are deleted after each run unless `keep_checkpoints`.
+  (`corpus_dir`); checkpoints are deleted after each run unless `keep_checkpoints`. With
+  `resume`, a run left unfinished in `work_root` (a time limit or a kill) continues from its
+  newest checkpoint instead of starting again.
   """
   start = time.perf_counter()
   costs = model_costs(study)
@@ -298,7 +308,7 @@ def run_study(study: dict, results_dir: str, work_root: str, corpus_root: str,
     for model in models:
       deadline = None if time_limit_s is None else start + time_limit_s
       record = _run_one(study, model, budget, costs[model["name"]], records, deadline,
-                        corpora, work_root, device, log)
+                        corpora, work_root, device, log, resume)
       if record is None:
         continue
       save_run(results_dir, record)
@@ -312,7 +322,7 @@ def run_study(study: dict, results_dir: str, work_root: str, corpus_root: str,
 
 def _run_one(study: dict, model: dict, budget: float, cost, records: Sequence[dict],
              deadline: Optional[float], corpora: dict, work_root: str, device: str,
-             log: Callable[[str], None]) -> Optional[dict]:
+             log: Callable[[str], None], resume: bool = False) -> Optional[dict]:
   """Trains `model` at `budget` and returns its record; None when it is done already or
   would end after `deadline` (a `time.perf_counter()` time, None: no limit)."""
   rid = run_id(model["name"], budget)
@@ -334,7 +344,9 @@ def _run_one(study: dict, model: dict, budget: float, cost, records: Sequence[di
       f"{model_seq_len(study, model):,} bytes, {steps * step_bytes:,} bytes, "
       f"{steps * step_bytes * cost.train_flops_per_byte:.3e} FLOPs"
       + (f" (expected {estimate:.0f} s)" if estimate else ""))
-  outcome = run_training(config, workdir)
+  if resume and has_checkpoint(workdir):
+    log(f"{rid}: resuming the unfinished run in {workdir}")
+  outcome = run_training(config, workdir, resume)
   record = run_record(study, model, budget, steps, cost, outcome, info, device)
   record["workdir"] = workdir
   if "dir" in info:

@@ -317,7 +317,10 @@ def experiment_config(study: dict, model: dict, steps: int, data_files: str, eva
   else:
     config.train.eval_every = 0
   config.train.eval_batches = int(study.get("eval_batches", 8))
-  config.train.checkpoint_every = int(steps)
+  # A checkpoint at the end, and every `checkpoint_every` steps if the study sets it (so that
+  # `--resume` can continue a run that a time limit or a kill cut short).
+  every = int(study.get("checkpoint_every") or 0)
+  config.train.checkpoint_every = min(int(steps), every) if every > 0 else int(steps)
   config.train.keep_checkpoints = 1
   config.train.tensorboard = False
   config.eval.batch_size = model_eval_batch_size(study, model)
