@@ -71,3 +71,20 @@ def test_a_killed_study_run_resumes_from_its_newest_checkpoint(tmp_path, capsys)
   assert record["status"] == "done" and record["steps"] == STEPS
   steps = [r["step"] for r in read_metrics(workdir) if "train_bpb" in r]
   assert steps == sorted(set(steps)) and steps[-1] == STEPS      # each logged step once
+
+
+def test_runs_of_a_summary_copy_are_kept_when_new_runs_are_added(tmp_path):
+  """A results folder copied back with only results.json (its runs listed there), into which
+  a later command saves new runs: every run is loaded, a run saved again replacing its
+  listed record."""
+  from experiments.study import records as records_lib
+  listed = [{"run": "a@1e15", "eval_bpb": 2.0, "finished": "2026-12-07T10:00:00"},
+            {"run": "b@1e15", "eval_bpb": 3.0, "finished": "2026-12-07T10:05:00"}]
+  (tmp_path / "results.json").write_text(json.dumps({"runs": listed}))
+  assert [r["run"] for r in records_lib.load_runs(str(tmp_path))] == ["a@1e15", "b@1e15"]
+  records_lib.save_run(str(tmp_path), {"run": "c@1e16", "eval_bpb": 1.5,
+                                       "finished": "2026-12-07T11:00:00"})
+  records_lib.save_run(str(tmp_path), {"run": "b@1e15", "eval_bpb": 2.5,
+                                       "finished": "2026-12-07T11:30:00"})
+  loaded = {r["run"]: r["eval_bpb"] for r in records_lib.load_runs(str(tmp_path))}
+  assert loaded == {"a@1e15": 2.0, "b@1e15": 2.5, "c@1e16": 1.5}

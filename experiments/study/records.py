@@ -89,22 +89,22 @@ def _by_finish(record: dict) -> tuple:
 
 
 def load_runs(results_dir: str) -> list[dict]:
-  """Every run record in `results_dir/runs/*.json`, oldest first; without a `runs/` folder,
-  those listed in `results_dir/results.json` (a copy that kept only the summary files)."""
-  runs_dir = os.path.join(results_dir, "runs")
-  if not os.path.isdir(runs_dir):
-    summary = os.path.join(results_dir, "results.json")
-    if not os.path.isfile(summary):
-      return []
+  """Every run record of `results_dir`, oldest first: those of `runs/*.json`, and those
+  listed in `results.json` that `runs/` lacks (a copy that kept only the summary files, to
+  which later runs were added)."""
+  by_run = {}
+  summary = os.path.join(results_dir, "results.json")
+  if os.path.isfile(summary):
     with open(summary, encoding="utf-8") as f:
-      records = json.load(f).get("runs", [])
-    return sorted(records, key=_by_finish)
-  records = []
-  for name in sorted(os.listdir(runs_dir)):
-    if name.endswith(".json"):
-      with open(os.path.join(runs_dir, name), encoding="utf-8") as f:
-        records.append(json.load(f))
-  return sorted(records, key=_by_finish)
+      by_run = {r["run"]: r for r in json.load(f).get("runs", [])}
+  runs_dir = os.path.join(results_dir, "runs")
+  if os.path.isdir(runs_dir):
+    for name in sorted(os.listdir(runs_dir)):
+      if name.endswith(".json"):
+        with open(os.path.join(runs_dir, name), encoding="utf-8") as f:
+          record = json.load(f)
+        by_run[record["run"]] = record
+  return sorted(by_run.values(), key=_by_finish)
 
 
 def save_run(results_dir: str, record: dict) -> str:
