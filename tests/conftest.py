@@ -99,3 +99,20 @@ def run_module(*args, check=True, text=True):
   if check and proc.returncode:
     raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
   return proc
+
+
+COMMANDS_HELPER = os.path.join(REPO, "tests", "helpers", "commands.py")
+
+
+def run_commands(*commands, block=None, cwd=REPO):
+  """Runs `(module, [args])` commands in one Python process, each as its console script
+  would (`tests/helpers/commands.py`: one JAX import for all of them); returns their
+  `{code, stdout, stderr}` in order. `block`: modules made unimportable first."""
+  import json  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             PYTHONIOENCODING="utf-8")
+  args = [sys.executable, COMMANDS_HELPER] + ([f"--block={block}"] if block else [])
+  proc = subprocess.run(args + [json.dumps([[m, list(a)] for m, a in commands])], cwd=cwd,
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return [json.loads(line) for line in proc.stdout.splitlines()]
