@@ -175,30 +175,42 @@ def test_no_readable_checkpoint_names_the_directory_and_the_problems(corpus, tmp
     train_and_evaluate(_config(corpus, steps=6), workdir)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_at_the_next_step_and_the_run_resumes(signum, corpus, tmp_path):
-  workdir = str(tmp_path / "run")
-  env = _env()
-  cmd = _train_cmd(workdir, corpus, "--config.train.checkpoint_every=100000",
-                   "--config.train.log_every=5")
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+def _train_until_stopped(cmd, workdir, signum):
+  """Runs the training CLI `cmd` until it has logged a new record, then sends `signum`;
+  checks that the run saved a checkpoint and stopped with that signal's code and message;
+  returns the run's output and the newest checkpoint's step."""
   metrics = os.path.join(workdir, "metrics.jsonl")
+  size = os.path.getsize(metrics) if os.path.exists(metrics) else 0
+  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
-  while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
+  while not (os.path.exists(metrics) and os.path.getsize(metrics) > size) and \
+      time.time() < deadline:
     time.sleep(0.5)
   proc.send_signal(signum)
-  _, err = proc.communicate(timeout=300)
+  out, err = proc.communicate(timeout=300)
   assert proc.returncode == 128 + signum, err[-2000:]
   assert f"stopped by {signal.Signals(signum).name} at step" in err
-  saved = Checkpointer(workdir).latest_step()
+  return out + err, Checkpointer(workdir).latest_step()
+
+
+def test_a_signal_saves_at_the_next_step_and_the_run_resumes(corpus, tmp_path):
+  """A SIGTERM, then a SIGINT to the resumed run: each saves at the next step and stops; the
+  next run resumes from that step (and the last one finishes)."""
+  workdir = str(tmp_path / "run")
+  cmd = _train_cmd(workdir, corpus, "--config.train.checkpoint_every=100000",
+                   "--config.train.log_every=5")
+  _, saved = _train_until_stopped(cmd, workdir, signal.SIGTERM)
   assert saved is not None and saved >= 5
-  resume = [f"--config.train.steps={saved + 2}" if a.startswith("--config.train.steps=")
+  output, again = _train_until_stopped(cmd, workdir, signal.SIGINT)
+  assert f"resuming at step {saved}" in output
+  assert again > saved
+  resume = [f"--config.train.steps={again + 2}" if a.startswith("--config.train.steps=")
             else a for a in cmd]
-  resumed = subprocess.run(resume, cwd=REPO, env=env, capture_output=True, text=True,
+  resumed = subprocess.run(resume, cwd=REPO, env=_env(), capture_output=True, text=True,
                            timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert f"resuming at step {saved}" in resumed.stdout + resumed.stderr
+  assert f"resuming at step {again}" in resumed.stdout + resumed.stderr
 
 
 def test_resume_is_bit_identical_with_dropout(corpus, tmp_path):
