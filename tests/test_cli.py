@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, run_commands, run_module
 
 TINY = os.path.join(REPO, "experiments", "configs", "tiny.py")
 
@@ -82,7 +82,8 @@ def test_training_resumes_from_workdir_alone(trained, tmp_path):
   assert {name: os.path.getmtime(os.path.join(copy, name)) for name in os.listdir(copy)} == before
 
 
-@pytest.mark.parametrize("args, message", [
+# Mistakes a user makes on the command line: each command and the message it must give.
+USER_ERRORS = (
     (["megabyte_jax.train", "--config=experiments/configs/missing.py", "--workdir=/tmp/x"],
      "missing.py"),
     (["megabyte_jax.train", f"--config={TINY}", "--workdir={tmp}/run",
@@ -116,12 +117,28 @@ def test_training_resumes_from_workdir_alone(trained, tmp_path):
     (["megabyte_jax.evaluate"], "error: --workdir is required"),
     (["megabyte_jax.evaluate", "--workdir={tmp}", "--batch_size=0"],
      "--batch_size must be at least 1, got 0"),
-])
-def test_user_errors_are_one_clear_line(args, message, tmp_path):
-  proc = run_module(*[a.format(tmp=tmp_path) for a in args], check=False)
-  assert proc.returncode != 0
-  assert message.format(tmp=tmp_path) in proc.stderr
-  assert "Traceback" not in proc.stderr
+)
+
+
+@pytest.fixture(scope="module")
+def user_error_results(tmp_path_factory):
+  """Every command of `USER_ERRORS`, run in one process as its console script would; each
+  case's `{tmp}` is a directory of its own. Returns `[(result, tmp)]` in order."""
+  base = tmp_path_factory.mktemp("user_errors")
+  tmps = [base / f"case{i}" for i in range(len(USER_ERRORS))]
+  for tmp in tmps:
+    tmp.mkdir()
+  results = run_commands(*[(args[0], [a.format(tmp=tmp) for a in args[1:]])
+                           for (args, _), tmp in zip(USER_ERRORS, tmps)])
+  return list(zip(results, tmps))
+
+
+@pytest.mark.parametrize("args, message", USER_ERRORS)
+def test_user_errors_are_one_clear_line(args, message, user_error_results):
+  result, tmp = user_error_results[USER_ERRORS.index((args, message))]
+  assert result["code"] != 0, result
+  assert message.format(tmp=tmp) in result["stderr"], result
+  assert "Traceback" not in result["stderr"]
 
 
 def test_corrupt_checkpoint_is_reported(trained, tmp_path):

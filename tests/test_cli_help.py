@@ -7,31 +7,14 @@ The commands run as their console scripts do (`megabyte-train` calls
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_commands
 from megabyte_jax import config_fields, configs
 from megabyte_jax.configs import default, tiny, transformer
 from megabyte_jax.errors import ConfigError
 from megabyte_jax.experiment import base_config, clip_warmup
-
-HELPER = os.path.join(REPO, "tests", "helpers", "commands.py")
-
-
-def _commands(*commands, block=None, cwd=REPO):
-  """Runs `(module, [args])` commands in one process; returns their `{code, stdout,
-  stderr}` in order."""
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             PYTHONIOENCODING="utf-8")
-  args = [sys.executable, HELPER] + ([f"--block={block}"] if block else [])
-  proc = subprocess.run(args + [json.dumps([[m, list(a)] for m, a in commands])], cwd=cwd,
-                        env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return [json.loads(line) for line in proc.stdout.splitlines()]
-
 
 def _one_line_error(result, *parts):
   assert result["code"] == 1, result
@@ -48,7 +31,7 @@ def outputs(tmp_path_factory):
   """One process running the help, config and discovery commands (see each test)."""
   tmp = tmp_path_factory.mktemp("help")
   never = str(tmp / "never")
-  return never, _commands(
+  return never, run_commands(
       ("megabyte_jax.train", ["--help"]),
       ("megabyte_jax.train", ["--config=tiny", "--help"]),
       ("megabyte_jax.evaluate", ["--help"]),
@@ -143,7 +126,7 @@ def test_missing_extras_are_one_line_naming_the_extra(tmp_path):
   config = tiny.get_config()
   (run / "config.json").write_text(json.dumps(config.to_dict()))
   (run / "metrics.jsonl").write_text('{"step": 5, "train_bpb": 7.5}\n')
-  out = _commands(
+  out = run_commands(
       ("megabyte_jax.train", ["--config=tiny", f"--workdir={tmp_path}/new",
                               "--config.data.name=byte_files", "--noprogress"]),
       ("megabyte_jax.sample", [f"--workdir={run}", f"--output={tmp_path}/x.png"]),

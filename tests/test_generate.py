@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, run_commands, run_module
 from megabyte_jax import ByteTransformer, ConfigError, InputError, Megabyte, generate
 from megabyte_jax.data import eval_windows
 from megabyte_jax.inference.decoding import decoder_for, state_logical_axes
@@ -389,32 +389,56 @@ def tiny_run(tmp_path_factory):
   return _write_run(str(base / "run"), files=str(corpus), eval_fraction=0.4), str(corpus)
 
 
-def test_sample_cli_prints_and_writes_a_continuation(tiny_run, tmp_path):
+# The sample command's mistakes on the tiny run: its arguments and the message it must give.
+SAMPLE_ERRORS = (
+    (["--num_bytes=100"], "more than the model's context of seq_len=64"),
+    (["--top_p=1.5"], "top_p must be in (0, 1]"),
+    (["--output=picture.png"], "PNG output needs a model trained on images"),
+    (["--prompt_file=/nonexistent/prompt"], "cannot read --prompt_file"),
+)
+# The evaluate commands of `test_evaluate_cli_stride_scores_the_same_bytes`, by name.
+EVALUATE_RUNS = (("plain", []), ("strided", ["--stride=16"]), ("bad", ["--stride=12"]),
+                 ("paper", ["--strided"]), ("both", ["--strided", "--stride=16"]))
+
+
+@pytest.fixture(scope="module")
+def cli_results(tiny_run, tmp_path_factory):
+  """The sample and evaluate commands of the tests below on the tiny run, in one process as
+  their console scripts would run; returns `(results by name, the --output file)`."""
   workdir, _ = tiny_run
-  out = run_module("megabyte_jax.sample", f"--workdir={workdir}", "--prompt=import ",
-             "--num_bytes=20", "--temperature=0", text=False)
-  printed = out.stdout.decode("utf-8")
-  assert printed.startswith("import ") and b"Traceback" not in out.stderr
-  target, prompt_file = tmp_path / "out.bin", tmp_path / "prompt.txt"
+  tmp = tmp_path_factory.mktemp("generate_commands")
+  target, prompt_file = tmp / "out.bin", tmp / "prompt.txt"
   prompt_file.write_bytes(b"import ")
-  # Past the model's seq_len of 64 with --slide; greedy, so the first 20 bytes are the same.
-  run_module("megabyte_jax.sample", f"--workdir={workdir}", f"--prompt_file={prompt_file}",
-       "--num_bytes=70", "--temperature=0", "--slide", f"--output={target}", "--step=4")
+  named = [("printed", "megabyte_jax.sample", ["--prompt=import ", "--num_bytes=20",
+                                               "--temperature=0"]),
+           # Past the model's seq_len of 64 with --slide; greedy, so the first 20 bytes are
+           # the same.
+           ("written", "megabyte_jax.sample", [f"--prompt_file={prompt_file}", "--num_bytes=70",
+                                               "--temperature=0", "--slide",
+                                               f"--output={target}", "--step=4"])]
+  named += [(f"error{i}", "megabyte_jax.sample", args) for i, (args, _) in
+            enumerate(SAMPLE_ERRORS)]
+  named += [(name, "megabyte_jax.evaluate", args) for name, args in EVALUATE_RUNS]
+  results = run_commands(*[(module, [f"--workdir={workdir}", *args])
+                           for _, module, args in named])
+  return dict(zip([name for name, _, _ in named], results)), target
+
+
+def test_sample_cli_prints_and_writes_a_continuation(cli_results):
+  results, target = cli_results
+  printed = results["printed"]["stdout"]
+  assert results["printed"]["code"] == 0 and results["written"]["code"] == 0, results
+  assert printed.startswith("import ") and "Traceback" not in results["printed"]["stderr"]
   data = target.read_bytes()
   assert len(data) == 77 and data.startswith(b"import ")
   assert data[:27].decode("utf-8", errors="replace") == printed[:-1]   # printed + "\n"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--num_bytes=100"], "more than the model's context of seq_len=64"),
-    (["--top_p=1.5"], "top_p must be in (0, 1]"),
-    (["--output=picture.png"], "PNG output needs a model trained on images"),
-    (["--prompt_file=/nonexistent/prompt"], "cannot read --prompt_file"),
-])
-def test_sample_cli_errors_are_one_clear_line(args, message, tiny_run):
-  workdir, _ = tiny_run
-  proc = run_module("megabyte_jax.sample", f"--workdir={workdir}", *args, check=False)
-  assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("args, message", SAMPLE_ERRORS)
+def test_sample_cli_errors_are_one_clear_line(args, message, cli_results):
+  result = cli_results[0][f"error{SAMPLE_ERRORS.index((args, message))}"]
+  assert result["code"] != 0 and message in result["stderr"], result
+  assert "Traceback" not in result["stderr"]
 
 
 @pytest.mark.parametrize("order", ["raster", "patch"])
@@ -433,24 +457,20 @@ def test_sample_cli_writes_a_png_for_an_image_model(order, tmp_path):
     assert image.size == (8, 8) and image.mode == "L"
 
 
-def test_evaluate_cli_stride_scores_the_same_bytes(tiny_run):
-  workdir, _ = tiny_run
-  plain = json.loads(run_module("megabyte_jax.evaluate", f"--workdir={workdir}").stdout)
-  strided = json.loads(run_module("megabyte_jax.evaluate", f"--workdir={workdir}",
-                            "--stride=16").stdout)
+def test_evaluate_cli_stride_scores_the_same_bytes(cli_results):
+  results = cli_results[0]
+  plain, strided = (json.loads(results[n]["stdout"]) for n in ("plain", "strided"))
   assert strided["bytes"] == plain["bytes"] and strided["stride"] == 16
   assert 0 < strided["bpb"] < 9
-  bad = run_module("megabyte_jax.evaluate", f"--workdir={workdir}", "--stride=12", check=False)
-  assert bad.returncode != 0 and "multiple of the patch size 8" in bad.stderr
-  assert "Traceback" not in bad.stderr
+  bad = results["bad"]
+  assert bad["code"] != 0 and "multiple of the patch size 8" in bad["stderr"]
+  assert "Traceback" not in bad["stderr"]
   # The paper's strided inference: two passes, the same bytes, each once.
-  paper = json.loads(run_module("megabyte_jax.evaluate", f"--workdir={workdir}",
-                                "--strided").stdout)
+  paper = json.loads(results["paper"]["stdout"])
   assert paper["bytes"] == plain["bytes"] and paper["strided"] is True
   assert paper["windows"] >= 2 * plain["files"] and 0 < paper["bpb"] < 9
-  both = run_module("megabyte_jax.evaluate", f"--workdir={workdir}", "--strided",
-                    "--stride=16", check=False)
-  assert both.returncode != 0 and "choose one" in both.stderr
+  both = results["both"]
+  assert both["code"] != 0 and "choose one" in both["stderr"]
 
 
 def test_generate_benchmark_runs_on_cpu():

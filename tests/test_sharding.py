@@ -496,30 +496,34 @@ def _run_processes(workdir, steps, corpus):
   return results
 
 
-def test_two_processes_train_together_and_agree(tmp_path, corpus):
-  """`jax.distributed` on localhost: 2 processes x 2 CPU devices, one 4-device mesh."""
+def _logged_past(workdir, step):
+  """Whether `metrics.jsonl` of `workdir` holds a training record past `step`."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return False
+  with open(path, encoding="utf-8") as f:
+    lines = [l for l in f.read().split("\n")[:-1] if l]       # complete lines only
+  return any(json.loads(l).get("step", 0) > step and "train_bpb" in json.loads(l)
+             for l in lines)
+
+
+def test_two_processes_train_together_agree_and_stop_together_on_a_sigterm(tmp_path, corpus):
+  """`jax.distributed` on localhost: 2 processes x 2 CPU devices, one 4-device mesh, train
+  together and agree. Then one process of the resumed run is preempted: all agree on a step
+  boundary (a multiple of `loop.STOP_SYNC_EVERY`), save it together, exit 143, and the run
+  resumes from there, both processes agreeing again."""
+  import signal   # pylint: disable=import-outside-toplevel
+  import time     # pylint: disable=import-outside-toplevel
+  from megabyte_jax.training.loop import STOP_SYNC_EVERY  # pylint: disable=import-outside-toplevel
   workdir = str(tmp_path / "run")
   first = _run_processes(workdir, 4, corpus)
   assert [r["process"] for r in first] == [0, 1]
   assert all(r["processes"] == 2 and r["devices"] == 4 and r["step"] == 4 for r in first)
   assert first[0]["train_bpb"] == first[1]["train_bpb"]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
-  resumed = _run_processes(workdir, 6, corpus)      # both processes resume from step 4
-  assert all(r["step"] == 6 for r in resumed)
-  assert resumed[0]["train_bpb"] == resumed[1]["train_bpb"]
-
-
-def test_a_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, corpus):
-  """Preempting one process of a multi-process run: all agree on a step boundary (a
-  multiple of `loop.STOP_SYNC_EVERY`), save it together, exit 143, and the run resumes."""
-  import signal   # pylint: disable=import-outside-toplevel
-  import time     # pylint: disable=import-outside-toplevel
-  from megabyte_jax.training.loop import STOP_SYNC_EVERY  # pylint: disable=import-outside-toplevel
-  workdir = str(tmp_path / "run")
-  procs = _start_processes(workdir, 100_000, corpus)
-  metrics = os.path.join(workdir, "metrics.jsonl")
+  procs = _start_processes(workdir, 100_000, corpus)   # both processes resume from step 4
   deadline = time.time() + 300
-  while not (os.path.exists(metrics) and os.path.getsize(metrics)):   # training has begun
+  while not _logged_past(workdir, 4):                  # training has begun again
     assert time.time() < deadline and all(p.poll() is None for p in procs), \
         [p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
     time.sleep(0.2)
@@ -530,7 +534,8 @@ def test_a_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, corpus):
     assert proc.returncode == 143, err[-3000:]
     stopped.append(json.loads([l for l in out.splitlines() if l.startswith("{")][-1]))
   step = stopped[0]["stopped_at"]
-  assert stopped[1]["stopped_at"] == step and step % STOP_SYNC_EVERY == 0 and step > 0
+  assert stopped[1]["stopped_at"] == step and step % STOP_SYNC_EVERY == 0 and step > 4
   assert str(step) in os.listdir(os.path.join(workdir, "checkpoints"))
   resumed = _run_processes(workdir, step + 2, corpus)
   assert all(r["step"] == step + 2 for r in resumed)
+  assert resumed[0]["train_bpb"] == resumed[1]["train_bpb"]

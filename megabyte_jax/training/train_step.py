@@ -44,6 +44,19 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in leaves] or [True]))
 
 
+def computed_once(flag: jax.Array) -> jax.Array:
+  """The boolean scalar `flag`, computed once however many ops read it.
+
+  XLA copies a chain of cheap scalar ops (the `&` of one flag per array that `all_finite`
+  builds) into every fused kernel that reads its result: the step's `where(finite, ...)`
+  over each of N arrays of parameters and optimizer state then holds N copies of an
+  N-long chain. Passed through `exp`, an op XLA computes once and never copies, the chain
+  is computed once: the step compiles about three times faster (XLA's CPU backend, a tiny
+  model of ~200 arrays), with the same values.
+  """
+  return jnp.exp(jnp.where(flag, 0.0, -jnp.inf)) > 0.5     # exp(0) = 1, exp(-inf) = 0
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, seed: int,
                     dropout: bool, schedule: Optional[optax.Schedule] = None, *,
                     grad_accum_steps: int = 1, z_loss: float = 0.0,
@@ -128,6 +141,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, s
     # optimizer state stay as they were (the step counter still advances, with the data).
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
               & all_finite(opt_state))
+    finite = computed_once(finite)
     keep = lambda new, old: jax.tree_util.tree_map(
         lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
