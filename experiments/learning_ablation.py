@@ -115,6 +115,12 @@ VARIANTS = {
                                   "train.learning_rate": 3e-3},
     "rope_swiglu_wd_emb": {**ROPE_SWIGLU, "train.weight_decay_mask": "kernels_embeddings"},
     "rope_swiglu_zloss": {**ROPE_SWIGLU, "train.z_loss": 1e-4},
+    # Round 5: single changes on top of the defaults (rotary positions).
+    "global_lr2": {"train.lr_scales": (("global_", 2.0),)},
+    "global_lr15": {"train.lr_scales": (("global_", 1.5),)},
+    "xp8": {"model.cross_patch": 8},        # cross-patch attention over the whole previous patch
+    "init002": {"model.init_std": 0.02},    # the paper's truncated normal for every kernel
+    "local_heads16x32": {"model.local_heads": 16, "model.local_head_dim": 32},
 }
 
 
