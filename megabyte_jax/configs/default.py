@@ -15,16 +15,17 @@ from megabyte_jax.experiment import base_config
 def get_config():
   """Returns the experiment ConfigDict."""
   config = base_config(
-      "megabyte", seq_len=512, patch_size=8,
-      global_dim=128, global_layers=4, global_heads=2,   # D_G = 128 / 8 = 16 per byte
-      local_dim=64, local_layers=2, local_heads=2, activation="swiglu")
-  config.train.steps = 4000
+      "megabyte", seq_len=512, patch_size=4,
+      global_dim=128, global_layers=2, global_heads=2,   # D_G = 128 / 4 = 32 per byte
+      local_dim=64, local_layers=2, local_heads=2, activation="swiglu",
+      cross_patch=4)   # the local model also attends to the previous patch's 4 bytes
+  config.train.steps = 4200
   config.train.batch_size = 8
   config.train.learning_rate = 5e-3
   config.train.warmup_steps = 100
   config.train.log_every = 20
   config.train.eval_every = 500
   config.train.eval_batches = 4
-  config.train.checkpoint_every = 500
+  config.train.checkpoint_every = 1000
   config.data.eval_fraction = 0.02
   return config
