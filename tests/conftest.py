@@ -1,5 +1,6 @@
 """Shared fixtures: tiny model configs and a small corpus of real files."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -87,13 +88,19 @@ def corpus(tmp_path):
   return make_corpus(tmp_path / "corpus")
 
 
+def _subprocess_env() -> dict:
+  """The environment of the commands the tests start: this checkout's package first on the
+  path, UTF-8 standard streams."""
+  return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+              PYTHONIOENCODING="utf-8")
+
+
 def run_module(*args, check=True, text=True):
   """Runs `python -m ARGS...` from the repo root as a user would; returns the process.
 
   With `check`, a non-zero exit fails the test with its output.
   """
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             PYTHONIOENCODING="utf-8")
+  env = _subprocess_env()
   proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
                         text=text, timeout=600)
   if check and proc.returncode:
@@ -108,9 +115,7 @@ def run_commands(*commands, block=None, cwd=REPO):
   """Runs `(module, [args])` commands in one Python process, each as its console script
   would (`tests/helpers/commands.py`: one JAX import for all of them); returns their
   `{code, stdout, stderr}` in order. `block`: modules made unimportable first."""
-  import json  # pylint: disable=import-outside-toplevel
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             PYTHONIOENCODING="utf-8")
+  env = _subprocess_env()
   args = [sys.executable, COMMANDS_HELPER] + ([f"--block={block}"] if block else [])
   proc = subprocess.run(args + [json.dumps([[m, list(a)] for m, a in commands])], cwd=cwd,
                         env=env, capture_output=True, text=True, timeout=600)
